@@ -1,0 +1,25 @@
+# The crypto pipeline. `make` lists the targets; README.md explains them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help setup up down status test
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
+
+setup: ## install everything: Debian packages (as root), the venv, Kafka/Connect jars, the JDBC plugin, .env
+	@bash stack/setup.sh
+
+up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect), create topics and tables
+	@$(PY) -m cryptopipe.stack up
+
+down: ## stop exactly what `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m cryptopipe.stack down; else echo "  nothing to stop (no .venv)"; fi
+
+status: ## health check: services, topics, connectors, table rows, Redis keys; non-zero when down
+	@$(PY) -m cryptopipe.stack status
+
+test: up ## set up, start the stack and run every test against it
+	@$(PY) -m pytest $(PYTEST_ARGS)

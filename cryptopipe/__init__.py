@@ -1,0 +1,1 @@
+"""Shared pieces of the crypto pipeline: settings, topic declarations, the native stack and the database."""

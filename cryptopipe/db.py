@@ -1,0 +1,98 @@
+"""PostgreSQL bootstrap: roles, the `crypto` database, tables and grants, all re-runnable.
+
+`python -m cryptopipe.db init` runs it; the SQL lives in db/*.sql.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from cryptopipe.settings import ROOT, Settings, get_settings
+
+SQL_DIR = ROOT / "db"
+PG_SUPERUSER = "postgres"
+TABLES = ("trades", "candles_1m", "alerts")
+
+
+def socket_dir(settings: Settings) -> Path:
+    """The native cluster's unix socket folder: only its owner can connect through it."""
+    return settings.var_dir / "run" / "pg"
+
+
+def admin_connect(settings: Settings):
+    """A superuser connection: PG_ADMIN_URL when set (docker-compose), else the native cluster's socket."""
+    if settings.pg_admin_url is not None:
+        conn = psycopg2.connect(settings.pg_admin_url.get_secret_value())
+    else:
+        conn = psycopg2.connect(
+            host=str(socket_dir(settings)), port=settings.pg_port, user=PG_SUPERUSER, dbname="postgres"
+        )
+    conn.autocommit = True
+    return conn
+
+
+def read_sql(name: str) -> str:
+    return (SQL_DIR / name).read_text()
+
+
+def init(settings: Settings | None = None) -> None:
+    """Create roles, database, tables and grants; set the role passwords from the settings."""
+    settings = settings or get_settings()
+    roles = Settings.PG_ROLES
+    conn = admin_connect(settings)
+    with conn.cursor() as cur:
+        cur.execute(
+            read_sql("roles.sql"),
+            {
+                "owner_password": settings.pg_owner_password.get_secret_value(),
+                "writer_password": settings.pg_writer_password.get_secret_value(),
+                "reader_password": settings.pg_reader_password.get_secret_value(),
+            },
+        )
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.pg_database,))
+        if cur.fetchone() is None:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(settings.pg_database), sql.Identifier(roles["owner"])
+                )
+            )
+        cur.execute(
+            sql.SQL("REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {w}, {r}").format(
+                db=sql.Identifier(settings.pg_database),
+                w=sql.Identifier(roles["writer"]),
+                r=sql.Identifier(roles["reader"]),
+            )
+        )
+    conn.close()
+    with psycopg2.connect(**settings.pg_params("owner")) as conn, conn.cursor() as cur:
+        cur.execute(read_sql("schema.sql"))
+        cur.execute(read_sql("grants.sql"))
+    conn.close()
+
+
+def table_counts(settings: Settings, tables: tuple[str, ...] = TABLES) -> dict[str, int]:
+    """Row counts of the pipeline's tables, read as the reporting role."""
+    counts: dict[str, int] = {}
+    with psycopg2.connect(**settings.pg_params("reader")) as conn, conn.cursor() as cur:
+        for table in tables:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            counts[table] = cur.fetchone()[0]
+    conn.close()
+    return counts
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] != ["init"]:
+        print("usage: python -m cryptopipe.db init", file=sys.stderr)
+        return 2
+    init()
+    print("  database ready: roles, tables and grants")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

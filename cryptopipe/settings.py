@@ -1,0 +1,104 @@
+"""The one typed settings place: every process reads its configuration here, from the environment and `.env`.
+
+Defaults work for the native stack on one machine. `.env.example` documents every variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration of the native stack and the functions; each field is the upper-case env var."""
+
+    model_config = SettingsConfigDict(env_file=ROOT / ".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Where the native stack keeps its state and logs (both gitignored).
+    var_dir: Path = ROOT / "var"
+    logs_dir: Path = ROOT / "logs"
+
+    # Kafka (KRaft, one node) and Kafka Connect.
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "768m"
+    connect_host: str = "127.0.0.1"
+    connect_port: int = 8083
+    connect_heap: str = "1g"
+    java: str = "java"
+
+    # PostgreSQL: the owner role owns the schema; the writer is what the sinks use; the reader is for reports.
+    # The role names are fixed (db/roles.sql creates them); their passwords are settings.
+    PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "reader": "crypto_reader"}
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_database: str = "crypto"
+    pg_owner_password: SecretStr = SecretStr("crypto")
+    pg_writer_password: SecretStr
+    pg_reader_password: SecretStr
+    # Empty: find the newest server under /usr/lib/postgresql, else on PATH.
+    pg_bindir: str = ""
+    # Superuser DSN for creating roles when the database is not the native cluster (docker-compose).
+    pg_admin_url: SecretStr | None = None
+
+    # Redis.
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+
+    # Readiness waits, seconds.
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://{self.connect_host}:{self.connect_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    def pg_params(self, role: str = "owner") -> dict[str, object]:
+        """psycopg2.connect() keywords for one of the three roles: owner, writer or reader."""
+        return {
+            "host": self.pg_host,
+            "port": self.pg_port,
+            "dbname": self.pg_database,
+            "user": self.PG_ROLES[role],
+            "password": getattr(self, f"pg_{role}_password").get_secret_value(),
+            "connect_timeout": 5,
+        }
+
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{self.pg_database}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. A missing secret fails here, at start, naming the variable."""
+    return Settings()
+
+
+def load_settings() -> Settings:
+    """get_settings() for a command line: a missing or invalid variable ends the process with one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].lower()}" for e in err.errors()
+        )
+        raise SystemExit(
+            f"error: configuration: {problems}. Run `make setup` (it writes .env with generated secrets) "
+            "or set the variable in .env."
+        ) from None

@@ -1,0 +1,115 @@
+"""`make status`: the native stack's health in readable tables; exit 1 when a service is down."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from cryptopipe.stack import NativeStack
+
+
+def service_table(stack: NativeStack) -> tuple[Table, bool]:
+    table = Table(title="Services", title_justify="left")
+    for col in ("service", "state", "pid", "address", "log"):
+        table.add_column(col)
+    all_up = True
+    for svc in stack.services:
+        up = stack.is_up(svc)
+        all_up &= up
+        pid = stack.pid_of(svc)
+        table.add_row(
+            svc.name,
+            "[green]up[/green]" if up else "[red]down[/red]",
+            str(pid or "-"),
+            f"127.0.0.1:{svc.port}",
+            os.path.relpath(stack.log_file(svc.name)),
+        )
+    return table, all_up
+
+
+def topic_table(stack: NativeStack) -> Table:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": stack.s.kafka_bootstrap})
+    topics = admin.list_topics(timeout=5).topics
+    table = Table(title="Kafka topics", title_justify="left")
+    table.add_column("topic")
+    table.add_column("partitions", justify="right")
+    for name in sorted(t for t in topics if not t.startswith("_")):
+        table.add_row(name, str(len(topics[name].partitions)))
+    return table
+
+
+def connect_tables(stack: NativeStack) -> list[Table]:
+    import requests
+
+    base = stack.s.connect_url
+    plugins = Table(title="Connect plugins", title_justify="left")
+    plugins.add_column("class")
+    plugins.add_column("type")
+    plugins.add_column("version")
+    for p in requests.get(f"{base}/connector-plugins", timeout=5).json():
+        plugins.add_row(p["class"], p["type"], p.get("version", ""))
+    connectors = Table(title="Connectors", title_justify="left")
+    for col in ("connector", "state", "tasks"):
+        connectors.add_column(col)
+    statuses = requests.get(f"{base}/connectors", params={"expand": "status"}, timeout=5).json()
+    for name, info in sorted(statuses.items()):
+        st = info["status"]
+        tasks = Counter(t["state"] for t in st.get("tasks", []))
+        connectors.add_row(name, st["connector"]["state"], ", ".join(f"{n} {s}" for s, n in tasks.items()) or "none")
+    if not statuses:
+        connectors.add_row("(none deployed)", "", "")
+    return [plugins, connectors]
+
+
+def postgres_table(stack: NativeStack) -> Table:
+    from cryptopipe.db import table_counts
+
+    table = Table(title=f"PostgreSQL {stack.s.pg_database}", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in table_counts(stack.s).items():
+        table.add_row(name, f"{count:,}")
+    return table
+
+
+def redis_table(stack: NativeStack) -> Table:
+    import redis
+
+    client = redis.Redis.from_url(stack.s.redis_url, socket_timeout=2)
+    prefixes = Counter(key.split(b":", 1)[0].decode(errors="replace") for key in client.scan_iter(count=1000))
+    table = Table(title="Redis keys", title_justify="left")
+    table.add_column("prefix")
+    table.add_column("keys", justify="right")
+    for prefix, count in sorted(prefixes.items()):
+        table.add_row(prefix, str(count))
+    table.add_row("[bold]total[/bold]", str(client.dbsize()))
+    return table
+
+
+def print_status(stack: NativeStack) -> int:
+    console = Console()
+    services, all_up = service_table(stack)
+    console.print(services)
+    up = {svc.name for svc in stack.services if stack.is_up(svc)}
+    sections = [
+        ("kafka", lambda: [topic_table(stack)]),
+        ("connect", lambda: connect_tables(stack)),
+        ("postgres", lambda: [postgres_table(stack)]),
+        ("redis", lambda: [redis_table(stack)]),
+    ]
+    for name, build in sections:
+        if name not in up:
+            continue
+        try:
+            for table in build():
+                console.print(table)
+        except Exception as err:  # a section that cannot be read is reported, the others still print
+            console.print(f"[red]{name}: {err}[/red]")
+            all_up = False
+    console.print("[green]all services up[/green]" if all_up else "[red]some services are down[/red]")
+    return 0 if all_up else 1

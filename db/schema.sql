@@ -1,0 +1,45 @@
+-- The pipeline's tables, owned by the owner role. Re-runnable. Primary keys are the natural keys
+-- from DESIGN.md, so the JDBC sink's upserts are idempotent.
+
+CREATE TABLE IF NOT EXISTS trades (
+    symbol          text        NOT NULL,
+    agg_id          bigint      NOT NULL,
+    price           numeric     NOT NULL CHECK (price > 0),
+    qty             numeric     NOT NULL CHECK (qty >= 0),
+    first_trade_id  bigint      NOT NULL,
+    last_trade_id   bigint      NOT NULL,
+    trade_time      timestamptz NOT NULL,
+    is_buyer_maker  boolean     NOT NULL,
+    PRIMARY KEY (symbol, agg_id)
+);
+CREATE INDEX IF NOT EXISTS trades_time_idx ON trades (trade_time);
+CREATE INDEX IF NOT EXISTS trades_symbol_time_idx ON trades (symbol, trade_time);
+
+CREATE TABLE IF NOT EXISTS candles_1m (
+    symbol        text        NOT NULL,
+    window_start  timestamptz NOT NULL,
+    window_end    timestamptz NOT NULL,
+    open          numeric     NOT NULL,
+    high          numeric     NOT NULL,
+    low           numeric     NOT NULL,
+    close         numeric     NOT NULL,
+    volume        numeric     NOT NULL,
+    quote_volume  numeric     NOT NULL,
+    trade_count   bigint      NOT NULL,
+    vwap          numeric,
+    PRIMARY KEY (symbol, window_start)
+);
+CREATE INDEX IF NOT EXISTS candles_1m_time_idx ON candles_1m (window_start);
+
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id      text        PRIMARY KEY,
+    symbol        text        NOT NULL,
+    rule          text        NOT NULL,
+    window_start  timestamptz NOT NULL,
+    value         numeric     NOT NULL,
+    threshold     numeric     NOT NULL,
+    price         numeric,
+    detected_at   timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_symbol_time_idx ON alerts (symbol, window_start);
+CREATE INDEX IF NOT EXISTS alerts_time_idx ON alerts (window_start);

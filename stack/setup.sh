@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# make setup: install everything the native stack needs, idempotently.
+# As root with apt-get (CI, a fresh machine) it installs missing Debian packages; elsewhere it names
+# what is missing and how to get it, in one message. Then: the Python venv from requirements.lock,
+# the Kafka/Connect jars and the Debezium JDBC plugin from Maven Central, and .env with fresh secrets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# ---- system packages ---------------------------------------------------------------------------
+missing=()
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
+command -v java >/dev/null && [ "$(java_major)" -ge 17 ] || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql-15)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v runuser >/dev/null || missing+=(util-linux)
+"$PYTHON" -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/dev/null || missing+=(python3 python3-venv)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    # Keep the packages' own services from starting: the stack runs its own PostgreSQL and Redis.
+    policy_made=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_made=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    [ $policy_made = 1 ] && rm -f /usr/sbin/policy-rc.d
+  else
+    echo "error: missing ${missing[*]}. Install them (Debian: sudo apt-get install ${missing[*]}) and run make setup again." >&2
+    exit 1
+  fi
+fi
+
+# ---- Python ------------------------------------------------------------------------------------
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+want=$(stamp_of requirements.lock pyproject.toml)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$want" ]; then
+  say "Python venv (.venv) from requirements.lock"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  echo "$want" > .venv/.stamp
+else
+  echo "    .venv is up to date"
+fi
+
+# ---- Kafka, Kafka Connect and the Debezium JDBC sink from Maven Central -----------------------
+want=$(stamp_of stack/java/pom.xml)
+if [ "$(cat stack/lib/.stamp 2>/dev/null)" != "$want" ]; then
+  say "Kafka, Kafka Connect and the Debezium JDBC sink (Maven Central)"
+  rm -rf stack/lib
+  for profile in broker connect jdbc-plugin; do
+    mvn -B -q -f stack/java/pom.xml -P "$profile" package
+  done
+  mkdir -p stack/lib/plugins
+  tar xzf stack/lib/archives/debezium-connector-jdbc-*-plugin.tar.gz -C stack/lib/plugins
+  echo "$want" > stack/lib/.stamp
+else
+  echo "    stack/lib is up to date"
+fi
+
+# ---- .env with generated secrets ---------------------------------------------------------------
+if [ ! -f .env ]; then
+  say "writing .env from .env.example with generated passwords"
+  .venv/bin/python - <<'PY'
+import re, secrets
+text = open(".env.example").read()
+text = re.sub(r"=change-me\b", lambda _: "=" + secrets.token_urlsafe(18), text)
+open(".env", "w").write(text)
+PY
+  chmod 600 .env
+fi
+say "setup done"
