@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
 
+    # Web UIs and servers that only the docker-compose twin runs (ksqlDB, Kafka UI) or later issues add.
+    airflow_port: int = 8080
+    ksqldb_port: int = 8088
+    kafka_ui_port: int = 9000
+
     # Readiness waits, seconds.
     start_timeout_s: float = Field(default=90.0, gt=0)
 

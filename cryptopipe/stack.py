@@ -69,6 +69,36 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def process_exists(pid: int) -> bool:
+    """True while the process runs; an exited child waiting to be reaped counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total_kb, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.M)
+        total_kb += int(match.group(1)) if match else 0
+        todo.extend(children.get(current, []))
+    return total_kb / 1024
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float, log_file: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -225,7 +255,7 @@ class NativeStack:
             return
         data_major = version_file.read_text().strip()
         server = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True).stdout
-        server_major = re.search(r"(\d+)", server.split(")")[-1]).group(1)
+        server_major = re.search(r"PostgreSQL\) (\d+)", server).group(1)
         if data_major != server_major:
             raise StackError(
                 f"{self.var / 'postgres'} holds a PostgreSQL {data_major} cluster but the server found is "
@@ -292,7 +322,7 @@ class NativeStack:
 
     def jvm(self, name: str, heap: str, classpath: str) -> list[str]:
         return [
-            self.java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            self.java(), "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={CONFIG_DIR / 'log4j2.properties'}", f"-Dcryptopipe.service={name}",
             "-cp", classpath,
         ]
@@ -376,10 +406,13 @@ class NativeStack:
 
     def down(self) -> None:
         for svc in reversed(self.services):
-            if self.pid_of(svc) is None:
+            pid = self.pid_of(svc)
+            if pid is None:
                 print(f"  {svc.name:<10} not running")
             else:
                 (svc.stop or (lambda: self.terminate(svc)))()
+                # pg_ctl returns once the pid file is gone, a moment before the process itself.
+                wait_until(f"{svc.name} (pid {pid}) to exit", lambda: not process_exists(pid), 30)
                 print(f"  {svc.name:<10} stopped")
             self.pid_file(svc.name).unlink(missing_ok=True)
 

@@ -8,25 +8,29 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-from cryptopipe.stack import NativeStack
+from cryptopipe.stack import NativeStack, tree_rss_mb
 
 
 def service_table(stack: NativeStack) -> tuple[Table, bool]:
     table = Table(title="Services", title_justify="left")
-    for col in ("service", "state", "pid", "address", "log"):
-        table.add_column(col)
-    all_up = True
+    for col in ("service", "state", "pid", "memory", "address", "log"):
+        table.add_column(col, justify="right" if col == "memory" else "left")
+    all_up, total_mb = True, 0.0
     for svc in stack.services:
         up = stack.is_up(svc)
         all_up &= up
         pid = stack.pid_of(svc)
+        rss = tree_rss_mb(pid) if pid else 0.0
+        total_mb += rss
         table.add_row(
             svc.name,
             "[green]up[/green]" if up else "[red]down[/red]",
             str(pid or "-"),
+            f"{rss:,.0f} MiB" if pid else "-",
             f"127.0.0.1:{svc.port}",
             os.path.relpath(stack.log_file(svc.name)),
         )
+    table.add_row("[bold]total[/bold]", "", "", f"{total_mb:,.0f} MiB", "", "")
     return table, all_up
 
 

@@ -1,0 +1,42 @@
+"""Shared fixtures. Unit tests need nothing; the others use the running native stack (`make test` starts it)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+
+from cryptopipe.settings import get_settings
+from cryptopipe.stack import NativeStack
+
+
+def pytest_collection_modifyitems(items):
+    # The lifecycle tests stop and restart the stack, so they run after everything that uses it.
+    items.sort(key=lambda item: item.get_closest_marker("lifecycle") is not None)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings):
+    native = NativeStack(settings)
+    down = [svc.name for svc in native.services if not native.is_up(svc)]
+    if down:
+        pytest.fail(f"the native stack is not up ({', '.join(down)} down): run `make up`, or `make test`")
+    return native
+
+
+@pytest.fixture
+def unique():
+    """A fresh name suffix, so tests never see each other's topics, tables or groups."""
+    return uuid.uuid4().hex[:10]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,82 @@
+"""Unit tests: settings, topic declarations and the config rendering. No services needed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from cryptopipe import topics
+from cryptopipe.settings import ROOT, Settings
+from cryptopipe.stack import read_properties, write_properties
+
+SECRETS = {"pg_writer_password": "w", "pg_reader_password": "r"}
+
+
+def test_defaults_are_the_native_contract(monkeypatch):
+    for var in ("PG_HOST", "PG_PORT", "PG_DATABASE", "PG_OWNER_PASSWORD", "KAFKA_PORT", "CONNECT_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings(_env_file=None, **SECRETS)
+    params = s.pg_params("owner")
+    assert (params["user"], params["password"], params["host"], params["port"], params["dbname"]) == (
+        "crypto", "crypto", "127.0.0.1", 5432, "crypto")
+    assert s.kafka_bootstrap == "127.0.0.1:9092"
+    assert s.connect_url == "http://127.0.0.1:8083"
+    assert s.pg_params("writer")["user"] == "crypto_writer"
+    assert s.pg_params("reader")["password"] == "r"
+
+
+def test_a_missing_secret_fails_naming_it(monkeypatch):
+    monkeypatch.delenv("PG_WRITER_PASSWORD", raising=False)
+    with pytest.raises(ValidationError, match="pg_writer_password"):
+        Settings(_env_file=None, pg_reader_password="r")
+
+
+def test_environment_overrides(monkeypatch):
+    monkeypatch.setenv("KAFKA_PORT", "19092")
+    assert Settings(_env_file=None, **SECRETS).kafka_bootstrap == "127.0.0.1:19092"
+
+
+def test_env_example_documents_every_setting():
+    example = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, flags=re.M))
+    assert {name.upper() for name in Settings.model_fields} <= documented
+    # Placeholders only: every secret in the example is `change-me`.
+    for name, value in re.findall(r"^(\w*PASSWORD\w*)=(.*)$", example, flags=re.M):
+        assert value == "change-me", name
+
+
+def test_topic_names_follow_the_convention():
+    names = [t.name for t in topics.TOPICS]
+    assert len(names) == len(set(names))
+    for name in names:
+        # dots between words, hyphens inside; never '_' (so never '.' and '_' mixed)
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)+", name), name
+    assert {"binance.aggtrades", "crypto.candles-1m", "crypto.stats-5m", "crypto.alerts"} <= set(names)
+    assert topics.dlq("source") in names and topics.dlq("jdbc-trades") in names
+
+
+def test_topic_configs_are_complete():
+    for t in topics.TOPICS:
+        cfg = t.configs()
+        assert int(cfg["retention.ms"]) > 0
+        assert set(cfg["cleanup.policy"].split(",")) <= {"delete", "compact"}
+        assert t.partitions >= 1
+
+
+def test_properties_round_trip(tmp_path):
+    base = read_properties(ROOT / "stack/config/kafka.properties")
+    assert base["process.roles"] == "broker,controller"
+    assert base["offsets.topic.replication.factor"] == "1"
+    out = tmp_path / "k.properties"
+    write_properties(out, base | {"log.dirs": "/x=y"})
+    again = read_properties(out)
+    assert again["log.dirs"] == "/x=y" and again["node.id"] == "1"
+
+
+def test_connect_worker_has_single_node_storage():
+    props = read_properties(ROOT / "stack/config/connect-distributed.properties")
+    for kind in ("config", "offset", "status"):
+        assert props[f"{kind}.storage.replication.factor"] == "1"
+    assert props["config.providers.env.class"].endswith("EnvVarConfigProvider")
