@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test
+.PHONY: help setup up down status test source replay
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -23,3 +23,9 @@ status: ## health check: services, topics, connectors, table rows, Redis keys; n
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+source: ## run the Binance source in the foreground (BINANCE_BASE_URL, BINANCE_SYMBOLS in .env)
+	@.venv/bin/binance-source
+
+replay: ## serve the bundled real Binance tapes as a local Binance API on 127.0.0.1:8900
+	@.venv/bin/replay-server

@@ -52,6 +52,31 @@ class Settings(BaseSettings):
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
 
+    # Binance source (functions/binance_source). Symbols: comma-separated.
+    binance_base_url: str = "https://api.binance.com"
+    binance_symbols: str = "BTCUSDT,ETHUSDT"
+    binance_weight_limit: int = Field(default=6000, gt=0)
+    binance_weight_share: float = Field(default=0.8, gt=0, le=1)
+    binance_weight_window_s: float = Field(default=60.0, gt=0)
+    binance_page_limit: int = Field(default=1000, ge=1, le=1000)
+    # Where a symbol with no history in Kafka starts: empty = now; else epoch ms or ISO-8601 time.
+    binance_start_time: str = ""
+    binance_connect_timeout_s: float = 3.05
+    binance_read_timeout_s: float = 10.0
+    source_min_poll_interval_s: float = 0.1
+    source_max_poll_interval_s: float = 5.0
+    source_status_interval_s: float = 5.0
+    # Topics the source writes; other values only to keep test runs apart.
+    source_topic: str = "binance.aggtrades"
+    source_dlq_topic: str = "crypto.dlq.source"
+
+    # Replay server (replay/): a local Binance on recorded tapes.
+    replay_port: int = 8900
+    replay_tape_dir: Path = ROOT / "data" / "binance"
+    replay_speed: float = 0.0
+    replay_shift_minutes: int = 0
+    replay_weight_limit: int = 6000
+
     # Web UIs and servers that only the docker-compose twin runs (ksqlDB, Kafka UI) or later issues add.
     airflow_port: int = 8080
     ksqldb_port: int = 8088
@@ -59,6 +84,10 @@ class Settings(BaseSettings):
 
     # Readiness waits, seconds.
     start_timeout_s: float = Field(default=90.0, gt=0)
+
+    @property
+    def symbols(self) -> list[str]:
+        return [s.strip().upper() for s in self.binance_symbols.split(",") if s.strip()]
 
     @property
     def kafka_bootstrap(self) -> str:

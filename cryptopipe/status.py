@@ -95,6 +95,30 @@ def redis_table(stack: NativeStack) -> Table:
     return table
 
 
+def source_table(stack: NativeStack) -> Table | None:
+    """The Binance source's own report (var/run/source.json), if it has run."""
+    import json
+    import time
+
+    path = stack.run_dir / "source.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    age = time.time() - report["updated_at"] / 1000
+    table = Table(title=f"Binance source ({report['base_url']}, report {age:.0f} s old, weight "
+                        f"{report['weight_used']}/{report['weight_budget']} of limit {report['weight_limit']})",
+                  title_justify="left")
+    for col in ("symbol", "produced", "trades/s", "lag", "next id"):
+        table.add_column(col, justify="left" if col == "symbol" else "right")
+    for symbol, v in sorted(report["symbols"].items()):
+        lag = f"{v['lag_ms'] / 1000:,.1f} s" if v["lag_ms"] is not None else "-"
+        table.add_row(symbol, f"{v['produced']:,}", f"{v['rate_per_s']:,.1f}", lag, str(v["cursor"]))
+    problems = {k: n for k, n in report["counters"].items() if k != "trades_produced"}
+    if problems:
+        table.caption = "counters: " + ", ".join(f"{k} {n}" for k, n in sorted(problems.items()))
+    return table
+
+
 def print_status(stack: NativeStack) -> int:
     console = Console()
     services, all_up = service_table(stack)
@@ -105,6 +129,7 @@ def print_status(stack: NativeStack) -> int:
         ("connect", lambda: connect_tables(stack)),
         ("postgres", lambda: [postgres_table(stack)]),
         ("redis", lambda: [redis_table(stack)]),
+        ("kafka", lambda: [t for t in [source_table(stack)] if t is not None]),
     ]
     for name, build in sections:
         if name not in up:

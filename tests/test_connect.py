@@ -14,6 +14,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cryptopipe.stack import JDBC_SINK_CLASS
 
+from .helpers import wait_for
+
 N = 10_000
 T0 = 1_617_566_591_314  # a real trade time from the BTCUSDT tape, epoch ms
 
@@ -35,16 +37,6 @@ def record(i: int) -> bytes:
     price = f"{58000 + i / 100:.8f}"  # exact decimal text, scale 8
     return (f'{{"symbol":"BTCUSDT","agg_id":{i},"price":{price},"trade_time":{T0 + i},'
             f'"is_buyer_maker":{"true" if i % 2 else "false"}}}').encode()
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_jdbc_sink_plugin_is_installed(stack, settings):

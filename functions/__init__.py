@@ -1,0 +1,1 @@
+"""The pipeline's functions: one folder each."""

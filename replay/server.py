@@ -1,0 +1,424 @@
+"""A local stand-in for Binance's public REST API that replays recorded trades.
+
+It serves /api/v3/ping, time, exchangeInfo, aggTrades, klines and ticker/price with Binance's parameters,
+errors and request-weight accounting (X-MBX-USED-WEIGHT-1M, 429 with Retry-After, 418 for a client that
+keeps going), releases trades as if live at a chosen speed, and injects faults on request for tests:
+
+    POST /_replay/faults  {"kind": "503", "count": 2, "symbol": "BTCUSDT"}   (kinds: see FAULT_KINDS)
+    GET  /_replay/stats   requests, weights, 429s and 418s seen
+
+    replay-server --tape data/binance --port 8900 --speed 0      (0: as fast as possible)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from replay.tape import INTERVAL_MS, SymbolTape, load_tapes
+
+log = logging.getLogger("replay")
+
+EXCHANGE_INFO_FILE = Path(__file__).resolve().parent.parent / "data" / "binance" / "exchangeInfo_20211012.json"
+WEIGHTS = {"/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20, "/api/v3/aggTrades": 4,
+           "/api/v3/klines": 2, "/api/v3/ticker/price": 2}
+FAULT_KINDS = ("500", "502", "503", "504", "429", "418", "slow", "timeout", "malformed", "wrong_type",
+               "bad_items", "hole", "backwards")
+
+
+class BinanceError(Exception):
+    def __init__(self, status: int, code: int, msg: str):
+        super().__init__(msg)
+        self.status, self.code, self.msg = status, code, msg
+
+
+def int_param(query: dict[str, str], name: str, required: bool = False) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        if required:
+            raise BinanceError(400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+        return None
+    if not value.isdigit() or len(value) > 20:
+        raise BinanceError(400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
+    return int(value)
+
+
+@dataclass
+class Fault:
+    kind: str
+    count: int = 1
+    symbol: str | None = None
+    delay_s: float = 0.0
+    retry_after_s: int = 2
+    variant: str = "bad_price"  # bad_items: bad_price, missing_time or string_id
+
+
+@dataclass
+class WeightLimiter:
+    """Binance's per-IP request weight in fixed windows, with the 429-then-418 escalation."""
+
+    limit: int = 6000
+    window_s: float = 60.0
+    ban_s: float = 120.0
+    used: int = 0
+    window: int = -1
+    backoff_until: float = 0.0  # set by a 429: requests before this earn a ban
+    banned_until: float = 0.0
+    bans: int = 0
+    max_used: int = 0
+    count_429: int = 0
+    count_418: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def retry_after(self, now: float) -> int:
+        return max(1, int((self.window + 1) * self.window_s - now + 0.999))
+
+    def admit(self, weight: int, now: float) -> tuple[int, int | None, str | None]:
+        """(used weight, status to refuse with or None, Retry-After)."""
+        with self.lock:
+            window = int(now // self.window_s)
+            if window != self.window:
+                self.window, self.used = window, 0
+            if now < self.banned_until:
+                self.count_418 += 1
+                return self.used, 418, str(max(1, int(self.banned_until - now + 0.999)))
+            if now < self.backoff_until:
+                # It kept going after a 429: ban, longer each time (2 minutes up to 3 days on Binance).
+                self.bans += 1
+                self.banned_until = now + min(self.ban_s * 2 ** (self.bans - 1), 3 * 86400)
+                self.count_418 += 1
+                return self.used, 418, str(max(1, int(self.banned_until - now + 0.999)))
+            if self.used + weight > self.limit:
+                retry = self.retry_after(now)
+                self.backoff_until = now + retry
+                self.count_429 += 1
+                return self.used, 429, str(retry)
+            self.used += weight
+            self.max_used = max(self.max_used, self.used)
+            return self.used, None, None
+
+    def force(self, status: int, retry_after_s: int, now: float) -> None:
+        with self.lock:
+            if status == 429:
+                self.backoff_until = now + retry_after_s
+                self.count_429 += 1
+            else:
+                self.banned_until = now + retry_after_s
+                self.count_418 += 1
+
+
+class Replay:
+    """The replay's state: tapes, clock, weights, faults and a log of requests for tests."""
+
+    def __init__(self, tapes: dict[str, SymbolTape], speed: float = 0.0, weight_limit: int = 6000,
+                 window_s: float = 60.0, ban_s: float = 120.0, start_ms: int | None = None):
+        self.tapes = tapes
+        self.speed = speed
+        self.limiter = WeightLimiter(limit=weight_limit, window_s=window_s, ban_s=ban_s)
+        self.tape_start = start_ms if start_ms is not None else min(t.times[0] for t in tapes.values())
+        self.tape_end = max(t.times[-1] for t in tapes.values())
+        self.wall_start = time.time()
+        self.faults: list[Fault] = []
+        self.fault_lock = threading.Lock()
+        self.requests: deque[tuple[float, str, int, str]] = deque(maxlen=200_000)
+        self.exchange_info = self._exchange_info()
+
+    def now_ms(self) -> int:
+        """Tape time: everything when speed is 0, else the tape start plus elapsed time times speed."""
+        if self.speed <= 0:
+            return max(self.tape_end, int(time.time() * 1000))
+        return self.tape_start + int((time.time() - self.wall_start) * 1000 * self.speed)
+
+    def _exchange_info(self) -> dict:
+        info = json.loads(EXCHANGE_INFO_FILE.read_text())
+        for rl in info["rateLimits"]:
+            if rl["rateLimitType"] == "REQUEST_WEIGHT":
+                rl["limit"] = self.limiter.limit
+        known = {s["symbol"] for s in info["symbols"]}
+        for symbol in sorted(set(self.tapes) - known):
+            info["symbols"].append(generated_symbol(symbol))
+        return info
+
+    def take_fault(self, path: str, symbol: str | None) -> Fault | None:
+        if path != "/api/v3/aggTrades":
+            return None
+        with self.fault_lock:
+            for fault in self.faults:
+                if fault.symbol in (None, symbol):
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    def stats(self) -> dict:
+        lim = self.limiter
+        return {
+            "requests": len(self.requests), "weight_limit": lim.limit, "window_s": lim.window_s,
+            "max_used_weight": lim.max_used, "count_429": lim.count_429, "count_418": lim.count_418,
+            "faults_pending": len(self.faults), "now_ms": self.now_ms(),
+            "log": [list(r) for r in self.requests],
+        }
+
+
+def generated_symbol(symbol: str) -> dict:
+    """An exchangeInfo entry for a tape symbol the recording lacks: split base/quote on a known quote."""
+    for quote in ("USDT", "BUSD", "USDC", "BTC", "ETH", "BNB", "EUR", "TRY"):
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            base = symbol[: -len(quote)]
+            break
+    else:
+        base, quote = symbol[:-3], symbol[-3:]
+    return {"symbol": symbol, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8, "quoteAsset": quote,
+            "quotePrecision": 8, "quoteAssetPrecision": 8, "orderTypes": ["LIMIT", "MARKET"],
+            "isSpotTradingAllowed": True, "filters": [], "permissions": ["SPOT"]}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like Binance's front end
+    server_version = "replay-binance"
+    replay: Replay
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def send(self, status: int, body: bytes, used: int | None, extra: dict[str, str] | None = None,
+             content_type: str = "application/json;charset=UTF-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if used is not None:
+            self.send_header("X-MBX-USED-WEIGHT-1M", str(used))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_error_json(self, status: int, code: int, msg: str, used: int | None, extra=None) -> None:
+        self.send(status, json.dumps({"code": code, "msg": msg}).encode(), used, extra)
+
+    def do_POST(self):  # noqa: N802 - the stdlib's name
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if url.path == "/_replay/faults":
+            faults = [Fault(**f) for f in (body if isinstance(body, list) else [body])]
+            for f in faults:
+                if f.kind not in FAULT_KINDS:
+                    return self.send_error_json(400, -1, f"unknown fault kind {f.kind}", None)
+            with self.replay.fault_lock:
+                self.replay.faults.extend(faults)
+            return self.send(200, b'{"ok":true}', None)
+        self.send_error_json(404, -1, "not found", None)
+
+    def do_GET(self):  # noqa: N802
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if url.path == "/_replay/stats":
+            return self.send(200, json.dumps(self.replay.stats()).encode(), None)
+        weight = WEIGHTS.get(url.path)
+        if weight is None:
+            return self.send_error_json(404, -1, "Not found", None)
+        if url.path == "/api/v3/ticker/price" and "symbol" not in query:
+            weight = 4
+        now = time.time()
+        used, refuse, retry = self.replay.limiter.admit(weight, now)
+        symbol = query.get("symbol")
+        status = refuse or 200
+        try:
+            if refuse == 429:
+                return self.send_error_json(
+                    429, -1003, f"Too much request weight used; current limit is {self.replay.limiter.limit} "
+                    "request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+                    used, {"Retry-After": retry})
+            if refuse == 418:
+                until = int((now + int(retry)) * 1000)
+                return self.send_error_json(418, -1003, f"Way too much request weight used; IP banned until {until}. "
+                                            "Please use WebSocket Streams for live updates to avoid bans.",
+                                            used, {"Retry-After": retry})
+            fault = self.replay.take_fault(url.path, symbol)
+            if fault is not None and self.fault_response(fault, used, now):
+                status = int(fault.kind) if fault.kind.isdigit() else status
+                return
+            result = self.route(url.path, query, fault)
+            body = result if isinstance(result, bytes) else json.dumps(result, separators=(",", ":")).encode()
+            self.send(200, body, used)
+        except BinanceError as err:
+            status = err.status
+            self.send_error_json(err.status, err.code, err.msg, used)
+        finally:
+            self.replay.requests.append((now, url.path, status, symbol or ""))
+
+    def fault_response(self, fault: Fault, used: int, now: float) -> bool:
+        """Answer with the fault and return True, or return False to answer normally (maybe altered)."""
+        kind = fault.kind
+        if kind in ("500", "503"):
+            self.send_error_json(int(kind), -1001, "Internal error; unable to process your request. Please try again.", used)
+        elif kind in ("502", "504"):
+            self.send(int(kind), f"<html><body><h1>{kind} Gateway error</h1></body></html>".encode(), used,
+                      content_type="text/html")
+        elif kind in ("429", "418"):
+            self.replay.limiter.force(int(kind), fault.retry_after_s, now)
+            self.send_error_json(int(kind), -1003, "Too much request weight used (injected).", used,
+                                 {"Retry-After": str(fault.retry_after_s)})
+        elif kind == "timeout":
+            time.sleep(fault.delay_s or 15)
+            self.close_connection = True
+        elif kind == "slow":
+            time.sleep(fault.delay_s)
+            return False
+        elif kind == "malformed":
+            self.send(200, b'[{"a":1,"p":"0.1","q"', used)
+        elif kind == "wrong_type":
+            self.send(200, b'{"unexpected":"object instead of a list"}', used)
+        else:
+            return False  # bad_items, hole, backwards: a real page, altered in route()
+        return True
+
+    def route(self, path: str, query: dict[str, str], fault: Fault | None) -> object:
+        replay = self.replay
+        if path == "/api/v3/ping":
+            return {}
+        if path == "/api/v3/time":
+            return {"serverTime": replay.now_ms()}
+        if path == "/api/v3/exchangeInfo":
+            return self.exchange_info(query)
+        if path == "/api/v3/ticker/price":
+            symbols = [self.tape_for(query["symbol"]).symbol] if "symbol" in query else sorted(replay.tapes)
+            prices = []
+            for s in symbols:
+                n = replay.tapes[s].visible(replay.now_ms())
+                if n:
+                    prices.append({"symbol": s, "price": replay.tapes[s].trades[n - 1]["p"]})
+            return prices[0] if "symbol" in query and prices else prices
+        tape = self.tape_for(query.get("symbol"))
+        if path == "/api/v3/klines":
+            interval = query.get("interval")
+            if not interval:
+                raise BinanceError(400, -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+            if interval not in INTERVAL_MS:
+                raise BinanceError(400, -1120, "Invalid interval.")
+            limit = self.limit(query, default=500, maximum=1000)
+            return tape.klines(replay.now_ms(), INTERVAL_MS[interval], limit,
+                               int_param(query, "startTime"), int_param(query, "endTime"))
+        return self.agg_trades(tape, query, fault)
+
+    def tape_for(self, symbol: str | None) -> SymbolTape:
+        if not symbol:
+            raise BinanceError(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        tape = self.replay.tapes.get(symbol)
+        if tape is None:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        return tape
+
+    @staticmethod
+    def limit(query: dict[str, str], default: int, maximum: int) -> int:
+        limit = int_param(query, "limit")
+        if limit is None:
+            return default
+        if not 1 <= limit <= maximum:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        return limit
+
+    def exchange_info(self, query: dict[str, str]) -> dict:
+        info = self.replay.exchange_info
+        wanted = [query["symbol"]] if "symbol" in query else json.loads(query["symbols"]) if "symbols" in query else None
+        if wanted is None:
+            return info
+        by_name = {s["symbol"]: s for s in info["symbols"]}
+        missing = [s for s in wanted if s not in by_name]
+        if missing:
+            raise BinanceError(400, -1121, f"Invalid symbol '{missing[0]}'.")
+        return {**info, "symbols": [by_name[s] for s in wanted]}
+
+    def agg_trades(self, tape: SymbolTape, query: dict[str, str], fault: Fault | None) -> bytes:
+        from_id = int_param(query, "fromId")
+        start, end = int_param(query, "startTime"), int_param(query, "endTime")
+        limit = self.limit(query, default=500, maximum=1000)
+        if from_id is not None and (start is not None or end is not None):
+            raise BinanceError(400, -1128, "Combination of optional parameters invalid.")
+        if start is not None and end is not None and end - start > 3_600_000:
+            raise BinanceError(400, -1127, "More than 1 hours between startTime and endTime.")
+        lo, hi = tape.agg_trades(self.replay.now_ms(), limit, from_id, start, end)
+        items = tape.json_items[lo:hi]
+        if fault is not None and fault.kind in ("hole", "backwards", "bad_items") and len(items) < 6:
+            with self.replay.fault_lock:  # too short to alter: the fault waits for a longer page
+                fault.count += 1
+                if fault not in self.replay.faults:
+                    self.replay.faults.insert(0, fault)
+        elif fault is not None and fault.kind in ("hole", "backwards", "bad_items"):
+            mid = len(items) // 2
+            if fault.kind == "hole":
+                items = items[:mid] + items[mid + 3:]
+            elif fault.kind == "backwards":
+                items = items[:mid] + items[mid - 3:mid] + items[mid:]
+            elif fault.kind == "bad_items":
+                item = dict(tape.trades[lo + mid])
+                if fault.variant == "missing_time":
+                    del item["T"]
+                elif fault.variant == "string_id":
+                    item["a"] = str(item["a"])
+                else:
+                    item["p"] = "not-a-number"
+                items = items[:mid] + [json.dumps(item)] + items[mid + 1:]
+        return ("[" + ",".join(items) + "]").encode()
+
+
+def make_server(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"replay": replay})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def start_in_thread(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+    """For tests and benchmarks: serve in a background thread; returns the server and its base URL."""
+    server = make_server(replay, host, port)
+    threading.Thread(target=server.serve_forever, name="replay-server", daemon=True).start()
+    return server, f"http://{host}:{server.server_address[1]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cryptopipe.settings import load_settings
+
+    s = load_settings()
+    parser = argparse.ArgumentParser(description="Replay recorded Binance trades through Binance's REST API.")
+    parser.add_argument("--tape", type=Path, default=s.replay_tape_dir, help="tape folder (<symbol>_aggtrades*.json)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=s.replay_port)
+    parser.add_argument("--speed", type=float, default=s.replay_speed, help="1 = live, 0 = as fast as possible")
+    parser.add_argument("--shift-minutes", type=int, default=s.replay_shift_minutes,
+                        help="add whole minutes to every event time")
+    parser.add_argument("--shift-to-now", action="store_true", help="shift so the tape starts in the current minute")
+    parser.add_argument("--weight-limit", type=int, default=s.replay_weight_limit)
+    parser.add_argument("--window-s", type=float, default=60.0, help="weight window length (Binance: 60)")
+    parser.add_argument("--ban-s", type=float, default=120.0, help="first ban length after ignoring a 429")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shift = args.shift_minutes
+    if args.shift_to_now:
+        first = min(t["T"] for tape in load_tapes(args.tape).values() for t in tape.trades[:1])
+        shift = int(time.time() * 1000 - first) // 60_000
+    tapes = load_tapes(args.tape, shift)
+    replay = Replay(tapes, speed=args.speed, weight_limit=args.weight_limit, window_s=args.window_s, ban_s=args.ban_s)
+    server = make_server(replay, args.host, args.port)
+    log.info("replaying %s (%s trades) on http://%s:%d at speed %s, shift %d min",
+             ", ".join(tapes), f"{sum(len(t.ids) for t in tapes.values()):,}", args.host, args.port,
+             args.speed or "max", shift)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Small helpers the integration tests share: topics, reading a topic whole, the tapes, waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cryptopipe.settings import ROOT
+
+TAPES = ROOT / "data" / "binance"
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def create_topics(settings, *names: str, partitions: int = 3) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for fut in admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]).values():
+        fut.result()
+
+
+def delete_topics(settings, *names: str) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for fut in admin.delete_topics(list(names)).values():
+        fut.result()
+
+
+def topic_size(settings, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "size-probe"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        total = 0
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def read_topic(settings, topic: str, timeout: float = 30.0) -> list:
+    """Every record now in the topic, partition by partition, in offset order."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "reader",
+                         "enable.auto.commit": False})
+    out = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        for p in sorted(parts):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msgs = consumer.consume(10_000, timeout=1)
+                for m in msgs:
+                    assert m.error() is None, m.error()
+                    out.append(m)
+                if msgs and msgs[-1].offset() >= high - 1:
+                    break
+            else:
+                raise AssertionError(f"could not read {topic}[{p}] to offset {high}")
+    finally:
+        consumer.close()
+    return out
+
+
+def tape(name: str) -> list[dict]:
+    return json.loads((TAPES / name).read_text())
+
+
+class Process:
+    """A function run as its own process, as in production, with its log in a file."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, cwd=ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")

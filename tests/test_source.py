@@ -1,0 +1,186 @@
+"""The Binance source against the replay server and the real broker: every trade exactly once, in id order
+per symbol, through restarts, rate limits and bad answers."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import requests
+
+from functions.binance_source.resume import partition_for
+from replay.server import Replay, start_in_thread
+from replay.tape import load_tapes
+
+from .helpers import TAPES, Process, create_topics, delete_topics, read_topic, tape, topic_size, wait_for
+
+SHORT_TAPES = {"BTCUSDT": "btcusdt_aggtrades_20210404.json", "ETHUSDT": "ethusdt_aggtrades_20210404.json",
+               "DOTUSDT": "dotusdt_aggtrades_20210404.json"}
+XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
+
+
+@pytest.fixture
+def harness(settings, unique, tmp_path):
+    """A replay server on chosen tapes, fresh topics, and a way to start the source as a process."""
+
+    class Harness:
+        topic = f"test.aggtrades-{unique}"
+        dlq = f"test.source-dlq-{unique}"
+        url: str
+        replay: Replay
+        processes: list[Process] = []
+
+        def serve(self, tapes: dict[str, str], **kwargs):
+            folder = tmp_path / "tape"
+            folder.mkdir(exist_ok=True)
+            for name in tapes.values():
+                shutil.copy(TAPES / name, folder)
+            self.expected = {sym: tape(name) for sym, name in tapes.items()}
+            self.replay = Replay(load_tapes(folder), **kwargs)
+            self.server, self.url = start_in_thread(self.replay)
+
+        def start(self, symbols: str, **env) -> Process:
+            base = {
+                "BINANCE_BASE_URL": self.url, "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
+                "SOURCE_TOPIC": self.topic, "SOURCE_DLQ_TOPIC": self.dlq, "VAR_DIR": str(tmp_path / "var"),
+                "SOURCE_STATUS_INTERVAL_S": "0.5",
+            }
+            proc = Process("functions.binance_source.source", base | {k.upper(): str(v) for k, v in env.items()},
+                           tmp_path / f"source-{len(self.processes)}.log")
+            self.processes.append(proc)
+            return proc
+
+        def total(self) -> int:
+            return sum(len(v) for v in self.expected.values())
+
+        def wait_complete(self, timeout: float = 120):
+            wait_for(lambda: topic_size(settings, self.topic) >= self.total(), timeout,
+                     f"{self.total()} trades in {self.topic}")
+
+        def status(self) -> dict:
+            return json.loads((tmp_path / "var" / "run" / "source.json").read_text())
+
+    h = Harness()
+    create_topics(settings, h.topic, partitions=3)
+    create_topics(settings, h.dlq, partitions=1)
+    yield h
+    for proc in h.processes:
+        if proc.proc.poll() is None:
+            proc.kill9()
+    if hasattr(h, "server"):
+        h.server.shutdown()
+    delete_topics(settings, h.topic, h.dlq)
+
+
+def assert_exactly_the_tapes(settings, topic: str, expected: dict[str, list[dict]]) -> None:
+    """The topic holds each tape trade once, in id order per symbol, with exact values and event times."""
+    by_symbol: dict[str, list] = {}
+    partitions = 3
+    for msg in read_topic(settings, topic):
+        by_symbol.setdefault(msg.key().decode(), []).append(msg)
+    assert set(by_symbol) == set(expected)
+    for symbol, trades in expected.items():
+        msgs = by_symbol[symbol]
+        ids = [json.loads(m.value())["agg_id"] for m in msgs]
+        assert len(ids) == len(set(ids)), f"{symbol}: duplicates"
+        assert ids == [t["a"] for t in trades], f"{symbol}: missing or out-of-order trades"
+        for msg, t in zip(msgs, trades):
+            value = json.loads(msg.value(), parse_float=str, parse_int=str)
+            assert (value["price"], value["qty"]) == (t["p"], t["q"])  # exact digits, no float rounding
+            assert (int(value["first_trade_id"]), int(value["last_trade_id"])) == (t["f"], t["l"])
+            assert int(value["trade_time"]) == t["T"] and msg.timestamp()[1] == t["T"]
+            assert value["is_buyer_maker"] is t["m"] and value["symbol"] == symbol
+            assert msg.partition() == partition_for(symbol, partitions)
+
+
+def test_every_trade_once_in_order_and_unknown_symbols_reported(settings, stack, harness):
+    harness.serve(SHORT_TAPES)
+    proc = harness.start("BTCUSDT,ETHUSDT,NOPEUSDT,DOTUSDT")
+    harness.wait_complete()
+    assert proc.stop() == 0
+    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+    log = proc.output()
+    assert log.count("symbol NOPEUSDT is not listed") == 1
+    status = harness.status()
+    assert {s: v["produced"] for s, v in status["symbols"].items()} == {
+        s: len(t) for s, t in harness.expected.items()}
+    assert status["counters"]["trades_produced"] == harness.total()
+
+
+def test_kill_9_at_random_points_then_resume_without_gap_or_duplicate(settings, stack, harness):
+    harness.serve(XRP_TAPE)
+    rng = random.Random()
+    points = sorted(rng.sample(range(500, harness.total() - 500), 2))
+    for point in points:
+        proc = harness.start("XRPETH", binance_page_limit=100)
+        wait_for(lambda: topic_size(settings, harness.topic) >= point, 120, f"{point} trades")
+        proc.kill9()
+    proc = harness.start("XRPETH", binance_page_limit=100)
+    harness.wait_complete()
+    assert proc.stop() == 0
+    assert "resuming after agg id" in proc.output(), f"kill points {points}"
+    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+
+
+def test_weight_limit_is_never_crossed(settings, stack, harness):
+    # A 60-weight limit in 3-second windows: the source learns it from exchangeInfo and must pace itself.
+    harness.serve(SHORT_TAPES, weight_limit=60, window_s=3)
+    proc = harness.start("BTCUSDT,ETHUSDT,DOTUSDT", binance_page_limit=100, binance_weight_window_s=3)
+    harness.wait_complete(timeout=180)
+    assert proc.stop() == 0
+    stats = requests.get(f"{harness.url}/_replay/stats", timeout=5).json()
+    assert stats["count_429"] == 0 and stats["count_418"] == 0
+    assert stats["max_used_weight"] <= 60
+    windows: dict[int, int] = {}
+    weights = {"/api/v3/exchangeInfo": 20, "/api/v3/aggTrades": 4}
+    for t, path, _status, _sym in stats["log"]:
+        windows[int(t // 3)] = windows.get(int(t // 3), 0) + weights[path]
+    assert max(windows.values()) <= 60 and len(windows) >= 3, windows
+    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+
+
+def test_429_and_418_stop_all_requests_until_retry_after(settings, stack, harness):
+    harness.serve(SHORT_TAPES)
+    requests.post(f"{harness.url}/_replay/faults", timeout=5, json=[
+        {"kind": "429", "retry_after_s": 2}, {"kind": "418", "retry_after_s": 3}])
+    proc = harness.start("BTCUSDT,ETHUSDT,DOTUSDT", binance_page_limit=200)
+    harness.wait_complete()
+    assert proc.stop() == 0
+    log = requests.get(f"{harness.url}/_replay/stats", timeout=5).json()["log"]
+    refusals = [(t, status) for t, _, status, _ in log if status in (429, 418)]
+    assert [s for _, s in refusals] == [429, 418]
+    for t, status in refusals:
+        wait = 2 if status == 429 else 3
+        early = [r for r in log if t < r[0] < t + wait - 0.05]
+        assert early == [], f"requests sent within Retry-After of a {status}: {early}"
+    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+
+
+def test_bad_answers_never_stop_it_and_the_stream_ends_complete(settings, stack, harness):
+    harness.serve(SHORT_TAPES)
+    faults = [
+        {"kind": "503", "symbol": "BTCUSDT"}, {"kind": "502", "symbol": "ETHUSDT"},
+        {"kind": "timeout", "symbol": "BTCUSDT", "delay_s": 3}, {"kind": "malformed", "symbol": "BTCUSDT"},
+        {"kind": "wrong_type", "symbol": "ETHUSDT"}, {"kind": "bad_items", "symbol": "BTCUSDT"},
+        {"kind": "bad_items", "symbol": "ETHUSDT", "variant": "missing_time"},
+        {"kind": "bad_items", "symbol": "BTCUSDT", "variant": "string_id"},
+        {"kind": "hole", "symbol": "BTCUSDT"}, {"kind": "backwards", "symbol": "ETHUSDT"},
+        {"kind": "slow", "symbol": "DOTUSDT", "delay_s": 0.5},
+    ]
+    requests.post(f"{harness.url}/_replay/faults", json=faults, timeout=5)
+    proc = harness.start("BTCUSDT,ETHUSDT,DOTUSDT,NOPEUSDT", binance_page_limit=100, binance_read_timeout_s=1)
+    harness.wait_complete()
+    wait_for(lambda: harness.status()["counters"].get("holes"), 10, "the status file")
+    assert proc.stop() == 0
+    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+    counters = harness.status()["counters"]
+    assert counters["bad_items"] == 3 and counters["holes"] >= 1 and counters["ids_backwards"] >= 3
+    assert counters["transient_errors"] >= 5  # 503, 502, timeout, malformed body, wrong type
+    dead = read_topic(settings, harness.dlq)
+    reasons = [dict(m.headers())["error.reason"].decode() for m in dead]
+    assert any("field p" in r for r in reasons) and any("missing field(s) T" in r for r in reasons)
+    assert any("field a is '" in r for r in reasons)
+    assert any(r == "non-JSON body" for r in reasons) and any("not a JSON list" in r for r in reasons)
+    assert all(m.key() in (b"BTCUSDT", b"ETHUSDT") for m in dead)
