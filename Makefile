@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test source replay
+.PHONY: help setup up down status test bench source replay
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ status: ## health check: services, topics, connectors, table rows, Redis keys; n
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: up ## measure throughput and latency against bare baselines; writes bench-results.json
+	@$(PY) -m bench 2>>logs/bench.log
 
 source: ## run the Binance source in the foreground (BINANCE_BASE_URL, BINANCE_SYMBOLS in .env)
 	@.venv/bin/binance-source

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import orjson
 import requests
 
 log = logging.getLogger("binance_source.client")
@@ -116,8 +117,8 @@ class BinanceClient:
         if resp.status_code >= 500:
             raise TransientError(f"HTTP {resp.status_code} on {path}: {resp.text[:200]}")
         try:
-            body = resp.json()
-        except ValueError as err:
+            body = orjson.loads(resp.content)  # several times faster than resp.json() on 1000-trade pages
+        except orjson.JSONDecodeError as err:
             raise TransientError(f"non-JSON body (HTTP {resp.status_code}) on {path}: {resp.text[:200]!r}",
                                  resp.content) from err
         if resp.status_code >= 400:

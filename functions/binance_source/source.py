@@ -2,8 +2,10 @@
 
     binance-source            (console entry point; `make source` runs it)
 
-Every trade once and in order per symbol: the `fromId` cursor only moves past trades the broker acknowledged,
-and on start it continues after the newest trade already in Kafka. Request weight stays under a share of the
+Every trade once and in order per symbol: the cursor (where the source resumes, and what it reports) only
+moves past trades the broker acknowledged, and on start it continues after the newest trade already in Kafka.
+Fetching runs ahead of acknowledgements (`fetch_from`) so the network and the broker work in parallel;
+a failed delivery sends the fetch position back to what Kafka really holds. Request weight stays under a share of the
 limit; busy symbols are polled more often than quiet ones. Bad answers are logged, counted and sent to
 `crypto.dlq.source`; nothing stops the loop but SIGTERM/SIGINT.
 """
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -88,7 +91,10 @@ def parse_start_time(text: str) -> int | None:
 @dataclass
 class SymbolState:
     symbol: str
-    cursor: int | None = None  # the next aggTrade id to fetch; None until known
+    cursor: int | None = None  # the id after the newest acknowledged trade; None until known
+    fetch_from: int | None = None  # the next id to request: at or ahead of the cursor
+    inflight: deque = field(default_factory=deque)  # (agg_id, trade_time) produced, not yet acknowledged
+    delivery_failed: bool = False
     next_poll: float = 0.0
     last_poll: float = 0.0
     rate: float = 1.0  # trades per second, smoothed
@@ -155,7 +161,7 @@ class BinanceSource:
         newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.source_topic, list(self.states))
         for symbol, state in self.states.items():
             if symbol in newest:
-                state.cursor = newest[symbol] + 1
+                state.cursor = state.fetch_from = newest[symbol] + 1
                 log.info("%s: resuming after agg id %d found in %s", symbol, newest[symbol], self.s.source_topic)
 
     def call_with_retry(self, path: str, params: dict, weight: int) -> object:
@@ -185,7 +191,7 @@ class BinanceSource:
             self.counters.add("bad_items")
             self.dead_letter(state.symbol, json.dumps(rows[0]).encode(), str(err))
             return
-        state.cursor = agg_id if self.start_time is not None else agg_id + 1
+        state.cursor = state.fetch_from = agg_id if self.start_time is not None else agg_id + 1
         log.info("%s: no history in Kafka; starting at agg id %d", state.symbol, state.cursor)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -210,7 +216,10 @@ class BinanceSource:
             self.find_start(state)
             return
         now = time.monotonic()
-        body = self.fetch(state, {"symbol": state.symbol, "fromId": state.cursor, "limit": self.s.binance_page_limit})
+        if state.delivery_failed:
+            self.recover(state)
+        body = self.fetch(state, {"symbol": state.symbol, "fromId": state.fetch_from,
+                                  "limit": self.s.binance_page_limit})
         if body is None:
             return
         got = self.take_page(state, body)
@@ -255,10 +264,10 @@ class BinanceSource:
         return body
 
     def take_page(self, state: SymbolState, items: list) -> int:
-        """Produce the contiguous run of good trades at the cursor; stop at a bad item or a hole.
-        Returns how many were produced; the cursor moves only past acknowledged trades."""
-        expected = state.cursor
-        values: list[tuple[int, int, bytes]] = []
+        """Produce the contiguous run of good trades at the fetch position; stop at a bad item or a hole.
+        Returns how many were handed to the producer."""
+        expected = state.fetch_from
+        good: list[tuple[int, int, bytes]] = []
         problem, skip_to = None, None
         for item in items:
             try:
@@ -277,17 +286,13 @@ class BinanceSource:
                 self.counters.add("holes")
                 problem, skip_to = f"hole: expected id {expected}, got {agg_id}", agg_id
                 break
-            values.append((agg_id, trade_time, value))
+            good.append((agg_id, trade_time, value))
             expected += 1
         if problem is not None:
             expected = self.handle_stuck(state, expected, skip_to, problem)
-        if values and not self.produce(state, values):
-            return 0
-        if values:
-            state.produced += len(values)
-            state.newest_time = values[-1][1]
-        state.cursor = expected
-        return len(values)
+        self.produce(state, good)
+        state.fetch_from = expected
+        return len(good)
 
     def handle_stuck(self, state: SymbolState, expected: int, skip_to: int, problem: str) -> int:
         """Refetch from the id where the page went bad; after MAX_SAME_FAILURE bad answers at the same id,
@@ -305,9 +310,10 @@ class BinanceSource:
         log.warning("%s: %s; refetching from id %d", state.symbol, problem, expected)
         return expected
 
-    def produce(self, state: SymbolState, values: list[tuple[int, int, bytes]]) -> bool:
+    def produce(self, state: SymbolState, values: list[tuple[int, int, bytes]]) -> None:
         key = state.symbol.encode()
-        for _, trade_time, value in values:
+        for agg_id, trade_time, value in values:
+            state.inflight.append((agg_id, trade_time))
             while True:
                 try:
                     self.producer.produce(self.s.source_topic, value=value, key=key, timestamp=trade_time,
@@ -315,23 +321,37 @@ class BinanceSource:
                     break
                 except BufferError:
                     self.producer.poll(0.05)
-        # The cursor moves only once the broker has acknowledged every trade of the page.
-        remaining = self.producer.flush(30)
-        if remaining or self.delivery_errors:
-            self.counters.add("delivery_failures")
-            log.error("%s: %d trade(s) not acknowledged (%s); re-reading the cursor from Kafka", state.symbol,
-                      remaining, "; ".join(self.delivery_errors[:3]))
-            self.delivery_errors.clear()
-            newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.source_topic, [state.symbol])
-            state.cursor = newest[state.symbol] + 1 if state.symbol in newest else state.cursor
-            state.next_poll = time.monotonic() + self.backoff(1)
-            return False
-        self.counters.add("trades_produced", len(values))
-        return True
+        self.producer.poll(0)
 
     def on_delivery(self, err, msg) -> None:
-        if err is not None:
+        """Acknowledgements arrive in order per partition, and a symbol lives in one partition: the oldest
+        in-flight trade of the symbol is the one acknowledged."""
+        state = self.states.get(msg.key().decode())
+        if state is None or not state.inflight:
+            return
+        agg_id, trade_time = state.inflight.popleft()
+        if err is not None or state.delivery_failed:
+            state.delivery_failed = True
             self.delivery_errors.append(str(err))
+            return
+        state.cursor = agg_id + 1
+        state.produced += 1
+        state.newest_time = trade_time
+        self.counters.values["trades_produced"] += 1
+
+    def recover(self, state: SymbolState) -> None:
+        """After a failed delivery: wait for what is in flight, then continue after what Kafka really holds."""
+        self.producer.flush(30)
+        self.counters.add("delivery_failures")
+        newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.source_topic, [state.symbol])
+        log.error("%s: delivery failed (%s); continuing after agg id %s, the newest in Kafka", state.symbol,
+                  "; ".join(self.delivery_errors[:3]), newest.get(state.symbol))
+        self.delivery_errors.clear()
+        if state.symbol in newest:
+            state.cursor = newest[state.symbol] + 1
+        state.fetch_from = state.cursor
+        state.inflight.clear()
+        state.delivery_failed = False
 
     def dead_letter(self, symbol: str, value: bytes, reason: str) -> None:
         log.warning("%s: to %s: %s", symbol, self.s.source_dlq_topic, reason)
@@ -345,16 +365,17 @@ class BinanceSource:
 
     def interval(self, state: SymbolState) -> float:
         """The weight budget as polls per second: every symbol gets the floor rate (one poll per maximum
-        interval), and the rest is shared in proportion to each symbol's trade rate, so busy symbols are
-        polled more often; never more often than the minimum interval."""
+        interval), and the rest is shared in proportion to the square root of each symbol's trade rate.
+        Busy symbols are polled more often, but not so much more that quiet ones fall behind: a trade
+        waits about one poll interval whatever the symbol's rate, so lag is evened out, not rates."""
         polls_per_s = self.gate.budget / self.gate.window_s / AGG_TRADES_WEIGHT
         floor = 1.0 / self.s.source_max_poll_interval_s
         spare = polls_per_s - floor * len(self.states)
         if spare <= 0:  # more symbols than the budget can poll at the floor rate: share it evenly
             return max(self.s.source_min_poll_interval_s, len(self.states) / polls_per_s)
         else:
-            total_rate = sum(st.rate for st in self.states.values()) or 1.0
-            share = floor + spare * state.rate / total_rate
+            weights = {st.symbol: math.sqrt(max(st.rate, 0.0)) for st in self.states.values()}
+            share = floor + spare * weights[state.symbol] / (sum(weights.values()) or 1.0)
         return min(self.s.source_max_poll_interval_s, max(self.s.source_min_poll_interval_s, 1.0 / share))
 
     def backoff(self, attempt: int) -> float:

@@ -1,0 +1,19 @@
+"""`make bench`: every benchmark against the running native stack; figures go to bench-results.json."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench import source
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        print("Binance source")
+        source.throughput(Path(tmp))
+        source.symbols_under_lag(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Shared by the benchmarks: the results file, a replay server process and tapes made of real trades."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from cryptopipe.settings import ROOT
+
+RESULTS = ROOT / "bench-results.json"
+TAPES = ROOT / "data" / "binance"
+
+
+def record(**figures) -> None:
+    """Merge figures into bench-results.json (each benchmark writes its own keys)."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(figures)
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    for k, v in figures.items():
+        print(f"  {k:<36} {v}")
+
+
+def copies_of(tape: str, names: list[str], folder: Path) -> Path:
+    """A tape folder where each name replays the same real recording (a busier market made of real trades)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(TAPES / tape, folder / f"{name}_aggtrades.json")
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ReplayProcess:
+    """The replay server in its own process, as in `make demo`, so it does not share the GIL."""
+
+    def __init__(self, tape_dir: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "replay.server", "--tape", str(tape_dir),
+                                      "--port", str(self.port), *args],
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.url}/api/v3/ping", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("replay server did not start")
+
+    def stats(self) -> dict:
+        return requests.get(f"{self.url}/_replay/stats", timeout=10).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -1,0 +1,143 @@
+"""Benchmarks of the Binance source: throughput against a bare producer, and symbols kept under 2 s lag."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.common import ReplayProcess, copies_of, record
+from cryptopipe.settings import get_settings
+from functions.binance_source.source import BinanceSource, trade_value
+
+
+def fresh_topic(admin: AdminClient, prefix: str) -> str:
+    name = f"bench.{prefix}-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(name, 3, 1)])[name].result()
+    return name
+
+
+def throughput(workdir: Path) -> None:
+    settings = get_settings()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    names = [f"XRPETH{c}" for c in "ABCDEFGHIJKLMNOP"]
+    tape_dir = copies_of("xrpeth_aggtrades_20191011-13.json", names, workdir / "tp")
+    trades = json.loads((tape_dir / f"{names[0]}_aggtrades.json").read_text())
+    total = len(trades) * len(names)
+
+    # Bare producer: the same records, serialized beforehand, same producer settings.
+    values = [(n.encode(), *trade_value(n, t)[1:]) for n in names for t in trades]
+    topic = fresh_topic(admin, "raw")
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5, "compression.type": "lz4", "batch.num.messages": 10_000,
+                         "partitioner": "murmur2_random"})
+    start = time.perf_counter()
+    for key, ts, value in values:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    raw_rate = total / (time.perf_counter() - start)
+
+    replay = ReplayProcess(tape_dir)
+    try:
+        s = settings.model_copy(update={
+            "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "0",
+            "source_topic": fresh_topic(admin, "source"), "var_dir": workdir / "var", "source_status_interval_s": 60.0,
+        })
+        source = BinanceSource(s)
+        thread = threading.Thread(target=source.run)
+        launched = time.perf_counter()
+        thread.start()
+        # Steady state: from the first acknowledged trade to the last; start-up (exchangeInfo, resume
+        # scan) is reported on its own.
+        while source.counters.values["trades_produced"] == 0:
+            time.sleep(0.0005)
+        start = time.perf_counter()
+        first = source.counters.values["trades_produced"]
+        while source.counters.values["trades_produced"] < total:
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        startup = start - launched
+        source.stop()
+        thread.join(30)
+    finally:
+        replay.stop()
+    total -= first
+    rate = total / elapsed
+    record(source_trades_per_s=round(rate), raw_producer_trades_per_s=round(raw_rate),
+           source_vs_raw_producer=round(rate / raw_rate, 3), source_bench_trades=total,
+           source_startup_s=round(startup, 2))
+
+
+def lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: float = 6.0) -> float:
+    """Worst lag over all symbols after warm-up, with n symbols replayed at live speed in 6000 weight/min.
+
+    A symbol's lag at a moment: 0 when every trade the exchange has released is acknowledged in Kafka,
+    else the time since the release of the oldest trade that is not."""
+    settings = get_settings()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    tapes = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
+    folder = workdir / f"lag{n_symbols}"
+    names = [f"{tapes[i % 3][:3].upper()}{i:03d}USDT" for i in range(n_symbols)]
+    for i, name in enumerate(names):
+        copies_of(tapes[i % 3], [name], folder)
+    replay = ReplayProcess(folder, "--speed", "1", "--shift-to-now", "--weight-limit", "6000")
+    worst = 0.0
+    try:
+        offset_ms = time.time() * 1000 - replay.stats()["now_ms"]  # wall clock minus tape clock
+        trades = {n: [(t["a"], t["T"]) for t in json.loads((folder / f"{n}_aggtrades.json").read_text())]
+                  for n in names}
+        first_id, first_t = trades[names[0]][0]
+        served = requests.get(f"{replay.url}/api/v3/aggTrades", timeout=5,
+                              params={"symbol": names[0], "fromId": first_id, "limit": 1}).json()
+        shift_ms = served[0]["T"] - first_t  # the server moved the tape to the present
+        trades = {n: [(a, t + shift_ms) for a, t in rows] for n, rows in trades.items()}
+        s = settings.model_copy(update={
+            "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "",
+            "source_topic": fresh_topic(admin, "lag"), "var_dir": workdir / "var", "source_status_interval_s": 60.0,
+        })
+        source = BinanceSource(s)
+        thread = threading.Thread(target=source.run)
+        thread.start()
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            time.sleep(0.1)
+            if time.monotonic() - start < warmup:
+                continue
+            tape_now = time.time() * 1000 - offset_ms
+            for name, state in list(source.states.items()):
+                if state.cursor is None:
+                    continue
+                idx = max(0, state.cursor - trades[name][0][0])
+                if idx < len(trades[name]) and trades[name][idx][1] <= tape_now:
+                    worst = max(worst, (tape_now - trades[name][idx][1]) / 1000)
+        source.stop()
+        thread.join(30)
+    finally:
+        replay.stop()
+    return worst
+
+
+def symbols_under_lag(workdir: Path) -> None:
+    best = 0
+    results = {}
+    for n in (10, 20, 30, 40, 60):
+        worst = lag_run(workdir, n)
+        results[n] = round(worst, 2)
+        print(f"    {n} symbols: worst lag {worst:.2f} s")
+        if worst <= 2.0:
+            best = n
+        else:
+            break
+    record(source_symbols_under_2s_lag=best, source_lag_worst_s_by_symbols=results)
