@@ -20,12 +20,13 @@ TAPES = ROOT / "data" / "binance"
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.25):
     deadline = time.monotonic() + timeout
+    result = None
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last check gave {result!r})")
 
 
 def create_topics(settings, *names: str, partitions: int = 3) -> None:

@@ -111,13 +111,17 @@ def test_every_trade_once_in_order_and_unknown_symbols_reported(settings, stack,
 
 def test_kill_9_at_random_points_then_resume_without_gap_or_duplicate(settings, stack, harness):
     harness.serve(XRP_TAPE)
-    rng = random.Random()
-    points = sorted(rng.sample(range(500, harness.total() - 500), 2))
+    # 10 ms per answer and 50 trades a page: the tape takes ~3 s, so the kills land mid-stream.
+    requests.post(f"{harness.url}/_replay/faults", json={"kind": "slow", "delay_s": 0.01, "count": 10**6}, timeout=5)
+    points = sorted(random.Random().sample(range(500, harness.total() - 2000), 2))
+    sizes = []
     for point in points:
-        proc = harness.start("XRPETH", binance_page_limit=100)
-        wait_for(lambda: topic_size(settings, harness.topic) >= point, 120, f"{point} trades")
+        proc = harness.start("XRPETH", binance_page_limit=50)
+        wait_for(lambda: topic_size(settings, harness.topic) >= point, 120, f"{point} trades", interval=0.02)
         proc.kill9()
-    proc = harness.start("XRPETH", binance_page_limit=100)
+        sizes.append(topic_size(settings, harness.topic))
+    assert sizes[-1] < harness.total(), f"the kills came too late to test anything: {points}, {sizes}"
+    proc = harness.start("XRPETH", binance_page_limit=50)
     harness.wait_complete()
     assert proc.stop() == 0
     assert "resuming after agg id" in proc.output(), f"kill points {points}"
