@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test bench source replay
+.PHONY: help setup up down status test bench source replay stream deploy-ksql
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ bench: up ## measure throughput and latency against bare baselines; writes bench
 
 source: ## run the Binance source in the foreground (BINANCE_BASE_URL, BINANCE_SYMBOLS in .env)
 	@.venv/bin/binance-source
+
+stream: ## run the stream function (candles, stats, alerts) in the foreground
+	@.venv/bin/stream-processor
+
+deploy-ksql: ## apply ksql/*.sql to ksqlDB (docker-compose); says so and succeeds when none is reachable
+	@$(PY) -m cryptopipe.ksql_deploy
 
 replay: ## serve the bundled real Binance tapes as a local Binance API on 127.0.0.1:8900
 	@.venv/bin/replay-server

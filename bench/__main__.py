@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench import source
+from bench import source, stream
 
 
 def main() -> None:
@@ -13,6 +13,8 @@ def main() -> None:
         print("Binance source")
         source.throughput(Path(tmp))
         source.symbols_under_lag(Path(tmp))
+        print("Stream function")
+        stream.run(Path(tmp))
 
 
 if __name__ == "__main__":

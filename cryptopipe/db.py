@@ -15,7 +15,7 @@ from cryptopipe.settings import ROOT, Settings, get_settings
 
 SQL_DIR = ROOT / "db"
 PG_SUPERUSER = "postgres"
-TABLES = ("trades", "candles_1m", "alerts")
+TABLES = ("trades", "candles_1m", "stats_5m", "alerts")
 
 
 def socket_dir(settings: Settings) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,25 @@ class Settings(BaseSettings):
     source_topic: str = "binance.aggtrades"
     source_dlq_topic: str = "crypto.dlq.source"
 
+    # Stream function (functions/stream_processor): the native twin of ksql/.
+    stream_consumer_group: str = "crypto-stream"
+    stream_grace_s: int = Field(default=10, ge=0)
+    stream_processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    stream_commit_interval_s: float = 1.0
+    # Unique per replica of the stream function (for more than one, give each its own).
+    stream_instance_id: str = "0"
+    stream_input_topic: str = "binance.aggtrades"
+    stream_candles_topic: str = "crypto.candles-1m"
+    stream_stats_topic: str = "crypto.stats-5m"
+    stream_alerts_topic: str = "crypto.alerts"
+    stream_dlq_topic: str = "crypto.dlq.stream"
+    # Alert rules: price move (high - low, % of open) in a 1-minute window; 1-minute quote volume.
+    # Per-symbol overrides as SYMBOL:value,SYMBOL:value.
+    alert_move_pct: float = 1.0
+    alert_move_pct_symbols: str = ""
+    alert_quote_volume: float = 5_000_000.0
+    alert_quote_volume_symbols: str = ""
+
     # Replay server (replay/): a local Binance on recorded tapes.
     replay_port: int = 8900
     replay_tape_dir: Path = ROOT / "data" / "binance"
@@ -79,6 +98,7 @@ class Settings(BaseSettings):
 
     # Web UIs and servers that only the docker-compose twin runs (ksqlDB, Kafka UI) or later issues add.
     airflow_port: int = 8080
+    ksqldb_host: str = "127.0.0.1"
     ksqldb_port: int = 8088
     kafka_ui_port: int = 9000
 
@@ -96,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.connect_host}:{self.connect_port}"
+
+    @property
+    def ksqldb_url(self) -> str:
+        return f"http://{self.ksqldb_host}:{self.ksqldb_port}"
 
     @property
     def redis_url(self) -> str:

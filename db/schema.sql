@@ -31,6 +31,22 @@ CREATE TABLE IF NOT EXISTS candles_1m (
 );
 CREATE INDEX IF NOT EXISTS candles_1m_time_idx ON candles_1m (window_start);
 
+CREATE TABLE IF NOT EXISTS stats_5m (
+    symbol          text        NOT NULL,
+    window_start    timestamptz NOT NULL,
+    window_end      timestamptz NOT NULL,
+    open            numeric     NOT NULL,
+    high            numeric     NOT NULL,
+    low             numeric     NOT NULL,
+    close           numeric     NOT NULL,
+    volume          numeric     NOT NULL,
+    trade_count     bigint      NOT NULL,
+    range_pct       numeric     NOT NULL,
+    volatility_pct  numeric     NOT NULL,
+    PRIMARY KEY (symbol, window_start)
+);
+CREATE INDEX IF NOT EXISTS stats_5m_time_idx ON stats_5m (window_start);
+
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id      text        PRIMARY KEY,
     symbol        text        NOT NULL,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
@@ -55,9 +56,9 @@ def topic_size(settings, topic: str) -> int:
 
 
 def read_topic(settings, topic: str, timeout: float = 30.0) -> list:
-    """Every record now in the topic, partition by partition, in offset order."""
+    """Every committed record now in the topic, partition by partition, in offset order."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "reader",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
     out = []
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -72,7 +73,9 @@ def read_topic(settings, topic: str, timeout: float = 30.0) -> list:
                 for m in msgs:
                     assert m.error() is None, m.error()
                     out.append(m)
-                if msgs and msgs[-1].offset() >= high - 1:
+                # Transaction markers take offsets too: done once the position reaches the end.
+                [pos] = consumer.position([TopicPartition(topic, p)])
+                if pos.offset >= high:
                     break
             else:
                 raise AssertionError(f"could not read {topic}[{p}] to offset {high}")
@@ -107,5 +110,33 @@ class Process:
         self.proc.wait(10)
         self.log.close()
 
+    def wait_log(self, text: str, timeout: float = 60) -> None:
+        """Until the process has logged `text` (for example that it is ready)."""
+        wait_for(lambda: text in self.output() or self.proc.poll() is not None, timeout, repr(text))
+        assert self.proc.poll() is None, f"exited with {self.proc.returncode}:\n{self.output()[-2000:]}"
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def caught_up(settings, group: str, topic: str) -> bool:
+    """The consumer group has committed the end of every partition of the topic."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        for committed in consumer.committed(parts, timeout=10):
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, committed.partition), timeout=10)
+            if high > 0 and committed.offset < high:
+                return False
+        return True
+    finally:
+        consumer.close()
+
+
+def latest_by_key(msgs, key_fields: tuple[str, ...]) -> dict:
+    """The last value of each key (what an upsert on those fields ends with)."""
+    out = {}
+    for m in msgs:
+        value = json.loads(m.value(), parse_float=Decimal)
+        out[tuple(value[k] for k in key_fields)] = value
+    return out

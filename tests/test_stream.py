@@ -1,0 +1,237 @@
+"""The stream function on the real broker, against independent oracles: Binance's own recorded XRPETH
+candles, and candles, statistics and alerts computed plainly in this file from the tapes."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections import defaultdict
+from decimal import Decimal
+
+import pytest
+from confluent_kafka import Producer
+
+from cryptopipe import schemas
+from replay.server import Replay, start_in_thread
+from replay.tape import load_tapes
+
+from .helpers import (
+    TAPES,
+    Process,
+    caught_up,
+    create_topics,
+    delete_topics,
+    latest_by_key,
+    read_topic,
+    tape,
+    topic_size,
+    wait_for,
+)
+
+MIN = 60_000
+
+
+def plain_candles(trades: list[dict]) -> dict[int, dict]:
+    """1-minute candles the obvious way: group by minute, in id order."""
+    minutes: dict[int, list[dict]] = defaultdict(list)
+    for t in sorted(trades, key=lambda t: t["a"]):
+        minutes[t["T"] // MIN * MIN].append(t)
+    out = {}
+    for start, ts in minutes.items():
+        prices = [Decimal(t["p"]) for t in ts]
+        volume = sum(Decimal(t["q"]) for t in ts)
+        quote = sum(Decimal(t["p"]) * Decimal(t["q"]) for t in ts)
+        out[start] = {"open": prices[0], "high": max(prices), "low": min(prices), "close": prices[-1],
+                      "volume": volume, "quote_volume": quote, "trade_count": len(ts),
+                      "vwap": (quote / volume).quantize(Decimal("1e-8"))}
+    return out
+
+
+def plain_stats(trades: list[dict], start: int) -> dict:
+    ts = [t for t in trades if start <= t["T"] < start + 5 * MIN]
+    prices = [Decimal(t["p"]) for t in ts]
+    n = Decimal(len(prices))
+    mean = sum(prices) / n
+    var = max(Decimal(0), sum(p * p for p in prices) / n - mean * mean)
+    return {"open": prices[0], "high": max(prices), "low": min(prices), "close": prices[-1],
+            "trade_count": len(ts), "range_pct": ((max(prices) - min(prices)) / prices[0] * 100).quantize(Decimal("1e-8")),
+            "volatility_pct": (var.sqrt() / mean * 100).quantize(Decimal("1e-8"))}
+
+
+@pytest.fixture
+def pipeline(settings, unique, tmp_path):
+    """Fresh topics; the source and the stream function as processes, wired to them."""
+
+    class Pipeline:
+        trades = f"test.trades-{unique}"
+        candles, stats, alerts, dlq = (f"test.{n}-{unique}" for n in ("candles", "stats", "alerts", "stream-dlq"))
+        group = f"test-stream-{unique}"
+        procs: list[Process] = []
+
+        def feed(self, tapes: list[str]) -> dict[str, list[dict]]:
+            """The tapes through the replay server and the real source into the trades topic."""
+            folder = tmp_path / "tape"
+            folder.mkdir(exist_ok=True)
+            expected = {}
+            for name in tapes:
+                shutil.copy(TAPES / name, folder)
+                expected[name.split("_")[0].upper()] = tape(name)
+            server, url = start_in_thread(Replay(load_tapes(folder)))
+            source = Process("functions.binance_source.source", {
+                "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(expected), "BINANCE_START_TIME": "0",
+                "SOURCE_TOPIC": self.trades, "VAR_DIR": str(tmp_path / "srcvar")}, tmp_path / "source.log")
+            total = sum(len(v) for v in expected.values())
+            wait_for(lambda: topic_size(settings, self.trades) >= total, 120, f"{total} trades")
+            assert source.stop() == 0
+            server.shutdown()
+            return expected
+
+        def start(self, **env) -> Process:
+            base = {"STREAM_INPUT_TOPIC": self.trades, "STREAM_CANDLES_TOPIC": self.candles,
+                    "STREAM_STATS_TOPIC": self.stats, "STREAM_ALERTS_TOPIC": self.alerts,
+                    "STREAM_DLQ_TOPIC": self.dlq, "STREAM_CONSUMER_GROUP": self.group,
+                    "VAR_DIR": str(tmp_path / "var")}
+            proc = Process("functions.stream_processor.app", base | {k.upper(): str(v) for k, v in env.items()},
+                           tmp_path / f"stream-{len(self.procs)}.log")
+            self.procs.append(proc)
+            proc.wait_log("is now processing incoming messages")
+            return proc
+
+        def wait_done(self, timeout: float = 180) -> None:
+            wait_for(lambda: caught_up(settings, self.group, self.trades), timeout, "the stream to catch up", 0.5)
+
+        def status(self) -> dict:
+            return json.loads((tmp_path / "var" / "run" / "stream.json").read_text())
+
+    p = Pipeline()
+    create_topics(settings, p.trades, p.candles, p.stats, p.alerts, partitions=3)
+    create_topics(settings, p.dlq, partitions=1)
+    yield p
+    for proc in p.procs:
+        if proc.proc.poll() is None:
+            proc.kill9()
+    delete_topics(settings, p.trades, p.candles, p.stats, p.alerts, p.dlq)
+
+
+def assert_candles_equal(final: dict, symbol: str, expected: dict[int, dict]) -> None:
+    got = {ws: v for (sym, ws), v in final.items() if sym == symbol}
+    assert sorted(got) == sorted(expected), f"{symbol}: candle minutes differ"
+    for start, want in expected.items():
+        c = got[start]
+        assert c["window_end"] == start + MIN
+        for field in ("open", "high", "low", "close", "volume", "quote_volume", "trade_count", "vwap"):
+            assert c[field] == want[field], (symbol, start, field, c[field], want[field])
+
+
+def test_xrpeth_candles_equal_binances_recorded_candles(settings, stack, pipeline):
+    trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"])["XRPETH"]
+    proc = pipeline.start()
+    pipeline.wait_done()
+    assert proc.stop() == 0
+    msgs = read_topic(settings, pipeline.candles)
+    assert all(list(json.loads(m.value())) == schemas.names(schemas.CANDLE) for m in msgs)
+    final = latest_by_key(msgs, ("symbol", "window_start"))
+
+    recorded = {c[0]: c for c in tape("xrpeth_candles_1m_20191011-13.json") if c[5] > 0}
+    assert len(recorded) == 2469 and len(final) == 2469  # no candle for a minute without trades
+    for (symbol, start), c in final.items():
+        _, o, h, low, close, v = recorded[start]
+        assert (c["open"], c["high"], c["low"], c["close"]) == tuple(Decimal(repr(x)) for x in (o, h, low, close))
+        assert abs(c["volume"] - Decimal(repr(v))) <= Decimal("1e-8")
+    assert_candles_equal(final, "XRPETH", plain_candles(trades))
+
+    # 5-minute statistics advancing by a minute, emitted when each window closes.
+    stats = latest_by_key(read_topic(settings, pipeline.stats), ("symbol", "window_start"))
+    assert len(stats) > 1000
+    for (symbol, start), s in random.Random(7).sample(sorted(stats.items()), 200):
+        want = plain_stats(trades, start)
+        assert s["window_end"] == start + 5 * MIN
+        for field, value in want.items():
+            assert s[field] == value, (start, field, s[field], value)
+
+
+def test_short_tapes_candles_alerts_and_their_ids(settings, stack, pipeline):
+    tapes = pipeline.feed(["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json",
+                           "dotusdt_aggtrades_20210404.json"])
+    # Thresholds low enough that these 91 seconds raise alerts, one symbol with its own.
+    rules = {"alert_move_pct": "0.05", "alert_move_pct_symbols": "DOTUSDT:0.2", "alert_quote_volume": "2000000"}
+    proc = pipeline.start(**rules)
+    pipeline.wait_done()
+    assert proc.stop() == 0
+    final = latest_by_key(read_topic(settings, pipeline.candles), ("symbol", "window_start"))
+    expected_alerts = set()
+    for symbol, trades in tapes.items():
+        candles = plain_candles(trades)
+        assert_candles_equal(final, symbol, candles)
+        move_limit = Decimal("0.2") if symbol == "DOTUSDT" else Decimal("0.05")
+        for start, c in candles.items():
+            if (c["high"] - c["low"]) / c["open"] * 100 >= move_limit:
+                expected_alerts.add(f"{symbol}:price_move:{start}")
+            if c["quote_volume"] >= 2_000_000:
+                expected_alerts.add(f"{symbol}:volume_spike:{start}")
+    alerts = read_topic(settings, pipeline.alerts)
+    ids = [json.loads(m.value())["alert_id"] for m in alerts]
+    assert expected_alerts, "the thresholds should raise alerts on these tapes"
+    assert sorted(ids) == sorted(expected_alerts)  # each once
+    for m in alerts:
+        value = json.loads(m.value())
+        assert list(value) == schemas.names(schemas.ALERT) and m.key().decode() == value["alert_id"]
+
+
+def test_out_of_order_late_and_bad_records(settings, stack, pipeline):
+    trades = tape("btcusdt_aggtrades_20210404.json")
+    first_minute = [t for t in trades if t["T"] // MIN == trades[0]["T"] // MIN]
+    shuffled = first_minute[:]
+    random.Random(3).shuffle(shuffled)  # out of order, all within the same minute (inside any grace)
+    later = [t for t in trades if t["T"] // MIN > trades[0]["T"] // MIN]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random"})
+
+    def send(t, ts=None):
+        value = (f'{{"symbol":"BTCUSDT","agg_id":{t["a"]},"price":{t["p"]},"qty":{t["q"]},"first_trade_id":{t["f"]},'
+                 f'"last_trade_id":{t["l"]},"trade_time":{t["T"]},"is_buyer_maker":{str(t["m"]).lower()}}}')
+        producer.produce(pipeline.trades, key=b"BTCUSDT", value=value.encode(), timestamp=ts or t["T"])
+
+    for t in shuffled + later:
+        send(t)
+    # A trade 2 minutes past the tape closes the first window for good; then a trade for it is too late.
+    beyond = dict(later[-1], a=later[-1]["a"] + 10, T=later[-1]["T"] + 2 * MIN)
+    send(beyond)
+    too_late = dict(first_minute[0], a=first_minute[0]["a"] - 1, p="1.00000000")
+    send(too_late)
+    for bad in (b"{not json", b'{"symbol":"BTCUSDT","agg_id":1}',
+                b'{"symbol":"BTCUSDT","agg_id":2,"price":1.0,"qty":-5.0,"trade_time":1617566591314}'):
+        producer.produce(pipeline.trades, key=b"BTCUSDT", value=bad, timestamp=trades[-1]["T"])
+    assert producer.flush(10) == 0
+
+    proc = pipeline.start()
+    pipeline.wait_done()
+    assert proc.stop() == 0  # the report is written on the way out
+    final = latest_by_key(read_topic(settings, pipeline.candles), ("symbol", "window_start"))
+    expected = plain_candles(trades) | plain_candles([beyond])
+    assert_candles_equal(final, "BTCUSDT", expected)  # the too-late trade changed nothing
+    counters = pipeline.status()["counters"]
+    assert counters["late_trades"] == 1 and counters["bad_records"] == 3
+    assert "late trade BTCUSDT id %d" % too_late["a"] in proc.output()
+    reasons = sorted(dict(m.headers())["error.reason"].decode() for m in read_topic(settings, pipeline.dlq))
+    assert len(reasons) == 3
+    assert reasons[0].startswith("missing field(s) price, qty, trade_time")
+    assert reasons[1].startswith("not JSON") and reasons[2] == "quantity -5.0 is negative"
+
+
+def test_kill_9_mid_tape_keeps_candles_exact_and_alerts_unique(settings, stack, pipeline):
+    trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"])["XRPETH"]
+    rules = {"alert_move_pct": "0.4"}
+    for point in sorted(random.Random().sample(range(2000, 10000), 2)):
+        proc = pipeline.start(**rules)
+        wait_for(lambda: topic_size(settings, pipeline.candles) >= point, 120, f"{point} candle updates", 0.05)
+        proc.kill9()
+    proc = pipeline.start(**rules)
+    pipeline.wait_done()
+    assert proc.stop() == 0
+    msgs = read_topic(settings, pipeline.candles)
+    # Exactly-once: the committed output holds one update per trade, however often it was killed.
+    assert len(msgs) == len(trades)
+    assert_candles_equal(latest_by_key(msgs, ("symbol", "window_start")), "XRPETH", plain_candles(trades))
+    ids = [json.loads(m.value())["alert_id"] for m in read_topic(settings, pipeline.alerts)]
+    assert ids and len(ids) == len(set(ids))
