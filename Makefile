@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test bench source replay stream deploy-ksql
+.PHONY: help setup up down status test bench source replay stream redis-sink deploy-ksql deploy-connectors
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,12 @@ source: ## run the Binance source in the foreground (BINANCE_BASE_URL, BINANCE_S
 
 stream: ## run the stream function (candles, stats, alerts) in the foreground
 	@.venv/bin/stream-processor
+
+redis-sink: ## run the Redis sink function in the foreground
+	@.venv/bin/redis-sink
+
+deploy-connectors: ## create/update the JDBC sink connectors and wait for RUNNING (ARGS=--restart-failed)
+	@$(PY) -m cryptopipe.connectors $(ARGS)
 
 deploy-ksql: ## apply ksql/*.sql to ksqlDB (docker-compose); says so and succeeds when none is reachable
 	@$(PY) -m cryptopipe.ksql_deploy

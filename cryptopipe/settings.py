@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     alert_quote_volume: float = 5_000_000.0
     alert_quote_volume_symbols: str = ""
 
+    # Redis sink function (functions/redis_sink).
+    redis_sink_group: str = "crypto-redis-sink"
+    redis_trades_topic: str = "binance.aggtrades"
+    redis_candles_topic: str = "crypto.candles-1m"
+    redis_dlq_topic: str = "crypto.dlq.redis-sink"
+    redis_batch_size: int = Field(default=2000, ge=1)
+    redis_history_length: int = Field(default=100, ge=1)
+    redis_stale_after_s: float = 60.0
+
     # Replay server (replay/): a local Binance on recorded tapes.
     replay_port: int = 8900
     replay_tape_dir: Path = ROOT / "data" / "binance"

@@ -373,6 +373,14 @@ class Handler(BaseHTTPRequestHandler):
         return ("[" + ",".join(items) + "]").encode()
 
 
+def shift_to_now(tapes: dict[str, SymbolTape], live: bool) -> int:
+    """Whole minutes that move the tape's start (live) or end (as fast as possible) into this minute.
+
+    Event times then look current, so Kafka's time-based retention keeps them and none lies in the future."""
+    anchor = min(t.times[0] for t in tapes.values()) if live else max(t.times[-1] for t in tapes.values())
+    return (int(time.time() * 1000) - anchor) // 60_000
+
+
 def make_server(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"replay": replay})
     server = ThreadingHTTPServer((host, port), handler)
@@ -398,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=s.replay_speed, help="1 = live, 0 = as fast as possible")
     parser.add_argument("--shift-minutes", type=int, default=s.replay_shift_minutes,
                         help="add whole minutes to every event time")
-    parser.add_argument("--shift-to-now", action="store_true", help="shift so the tape starts in the current minute")
+    parser.add_argument("--shift-to-now", action="store_true",
+                        help="shift by whole minutes so the replay looks current: at speed 0 the tape ends in "
+                             "the current minute (no event time lies ahead), otherwise it starts in it")
     parser.add_argument("--weight-limit", type=int, default=s.replay_weight_limit)
     parser.add_argument("--window-s", type=float, default=60.0, help="weight window length (Binance: 60)")
     parser.add_argument("--ban-s", type=float, default=120.0, help="first ban length after ignoring a 429")
@@ -406,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shift = args.shift_minutes
     if args.shift_to_now:
-        first = min(t["T"] for tape in load_tapes(args.tape).values() for t in tape.trades[:1])
-        shift = int(time.time() * 1000 - first) // 60_000
+        shift = shift_to_now(load_tapes(args.tape), live=args.speed > 0)
     tapes = load_tapes(args.tape, shift)
     replay = Replay(tapes, speed=args.speed, weight_limit=args.weight_limit, window_s=args.window_s, ban_s=args.ban_s)
     server = make_server(replay, args.host, args.port)

@@ -32,7 +32,10 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.25):
 
 def create_topics(settings, *names: str, partitions: int = 3) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    for fut in admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]).values():
+    # Unlimited retention: the tapes' event times are years old, and time-based retention would delete
+    # them while a test still reads.
+    topics = [NewTopic(n, num_partitions=partitions, replication_factor=1, config={"retention.ms": "-1"}) for n in names]
+    for fut in admin.create_topics(topics).values():
         fut.result()
 
 

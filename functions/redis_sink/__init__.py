@@ -1,0 +1,1 @@
+"""Kafka trades and candles -> the latest prices and candles in Redis."""
