@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench import source, stream
+from bench import sinks, source, stream
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
         source.symbols_under_lag(Path(tmp))
         print("Stream function")
         stream.run(Path(tmp))
+        print("Sinks")
+        sinks.run(Path(tmp))
 
 
 if __name__ == "__main__":

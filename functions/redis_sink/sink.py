@@ -165,7 +165,10 @@ class RedisSink:
                  self.s.redis_sink_group, self.s.redis_url)
         try:
             while not self.stopping:
-                msgs = self.consumer.consume(self.s.redis_batch_size, timeout=0.05)
+                # Wait for one record, then take whatever else has already arrived: low latency when
+                # quiet, big batches under load.
+                first = self.consumer.poll(0.05)
+                msgs = [first] + self.consumer.consume(self.s.redis_batch_size - 1, timeout=0) if first else []
                 good = [m for m in msgs if m.error() is None]
                 for m in msgs:
                     if m.error() is not None:

@@ -1,0 +1,190 @@
+"""Benchmarks of the sinks: the JDBC sink against COPY, the Redis function against a bare pipeline, and the
+latency from a trade produced to Kafka to its price visible in Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import redis
+import requests
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.common import TAPES, record
+from cryptopipe.connectors import is_running, load_configs
+from cryptopipe.settings import get_settings
+from functions.binance_source.source import trade_value
+from functions.redis_sink.sink import RedisSink
+
+COPIES = 8  # the XRPETH tape under 8 symbols: ~100,000 real trades
+
+
+def trade_records() -> list[tuple[bytes, int, bytes, dict]]:
+    trades = json.loads((TAPES / "xrpeth_aggtrades_20191011-13.json").read_text())
+    out = []
+    for i in range(COPIES):
+        symbol = f"XRPETH{i:02d}"
+        for t in trades:
+            _, ts, value = trade_value(symbol, t)
+            out.append((symbol.encode(), ts, value, dict(t, s=symbol)))
+    return out
+
+
+def fresh_topic(admin: AdminClient, prefix: str, partitions: int = 3) -> str:
+    name = f"bench.{prefix}-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(name, partitions, 1, config={"retention.ms": "-1"})])[name].result()
+    return name
+
+
+def produce_all(settings, topic: str, records) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "partitioner": "murmur2_random"})
+    for key, ts, value, _ in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+
+
+def jdbc(settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    records = trade_records()
+    n = len(records)
+    tag = uuid.uuid4().hex[:8]
+    sink_table, copy_table = f"bench_jdbc_{tag}", f"bench_copy_{tag}"
+    owner = psycopg2.connect(**settings.pg_params("owner"))
+    owner.autocommit = True
+    cur = owner.cursor()
+    for table in (sink_table, copy_table):
+        cur.execute(f"CREATE TABLE {table} (LIKE trades INCLUDING ALL)")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE ON {table} TO crypto_writer")
+
+    # Baseline: COPY of the same rows into the same kind of table.
+    buf = io.StringIO()
+    for _, _, _, t in records:
+        buf.write(f"{t['s']}\t{t['a']}\t{t['p']}\t{t['q']}\t{t['f']}\t{t['l']}\t"
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t['T'] / 1000))}.{t['T'] % 1000:03d}+00\t{t['m']}\n")
+    buf.seek(0)
+    start = time.perf_counter()
+    cur.copy_expert(f"COPY {copy_table} FROM STDIN", buf)
+    copy_rate = n / (time.perf_counter() - start)
+
+    topic = fresh_topic(admin, "jdbc")
+    produce_all(settings, topic, records)
+    config = load_configs()["jdbc-trades"] | {"topics": topic, "collection.name.format": sink_table,
+                                              "errors.deadletterqueue.topic.name": f"{topic}-dlq"}
+    name = f"bench-jdbc-{tag}"
+    requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, timeout=30).raise_for_status()
+    try:
+        count = lambda: cur.execute(f"SELECT count(*) FROM {sink_table}") or cur.fetchone()[0]  # noqa: E731
+        while count() == 0:
+            time.sleep(0.05)
+        start = time.perf_counter()
+        while count() < n:
+            time.sleep(0.1)
+        jdbc_rate = n / (time.perf_counter() - start)
+        status = requests.get(f"{settings.connect_url}/connectors/{name}/status", timeout=10).json()
+        assert is_running(status), status
+    finally:
+        requests.delete(f"{settings.connect_url}/connectors/{name}", timeout=30)
+        for table in (sink_table, copy_table):
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        owner.close()
+    record(jdbc_rows_per_s=round(jdbc_rate), copy_rows_per_s=round(copy_rate),
+           jdbc_vs_copy=round(jdbc_rate / copy_rate, 3), jdbc_bench_rows=n)
+
+
+def redis_throughput(settings, workdir: Path) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    records = trade_records()
+    n = len(records)
+    client = redis.Redis.from_url(settings.redis_url)
+
+    # Baseline: a bare pipelined HSET per record, in batches of the sink's size.
+    start = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    for i, (_, ts, _, t) in enumerate(records, 1):
+        pipe.hset(f"benchraw:{t['s']}", mapping={"price": t["p"], "trade_time": ts, "agg_id": t["a"]})
+        if i % settings.redis_batch_size == 0:
+            pipe.execute()
+    pipe.execute()
+    raw_rate = n / (time.perf_counter() - start)
+    client.delete(*[f"benchraw:XRPETH{i:02d}" for i in range(COPIES)])
+
+    topic, candles = fresh_topic(admin, "redis"), fresh_topic(admin, "redis-candles")
+    produce_all(settings, topic, records)
+    s = settings.model_copy(update={"redis_trades_topic": topic, "redis_candles_topic": candles,
+                                    "redis_sink_group": f"bench-redis-{uuid.uuid4().hex[:6]}",
+                                    "var_dir": workdir / "var"})
+    sink = RedisSink(s)
+    thread = threading.Thread(target=sink.run, daemon=True)
+    thread.start()
+    while sink.counters["records"] == 0:
+        time.sleep(0.001)
+    start, first = time.perf_counter(), sink.counters["records"]
+    while sink.counters["records"] < n:
+        time.sleep(0.005)
+    rate = (n - first) / (time.perf_counter() - start)
+    sink.stop()
+    thread.join(30)
+    record(redis_records_per_s=round(rate), raw_redis_pipeline_per_s=round(raw_rate),
+           redis_vs_raw_pipeline=round(rate / raw_rate, 3), redis_bench_records=n)
+
+
+def redis_latency(settings, workdir: Path, samples: int = 2000) -> None:
+    """Trades produced one by one (trade time = send time); the price arrives through pub/sub."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic, candles = fresh_topic(admin, "latency", 1), fresh_topic(admin, "latency-candles", 1)
+    s = settings.model_copy(update={"redis_trades_topic": topic, "redis_candles_topic": candles,
+                                    "redis_sink_group": f"bench-lat-{uuid.uuid4().hex[:6]}", "var_dir": workdir / "var"})
+    symbol = f"LAT{uuid.uuid4().hex[:6].upper()}"
+    sink = RedisSink(s)
+    thread = threading.Thread(target=sink.run, daemon=True)
+    thread.start()
+    pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
+    pubsub.subscribe(f"prices:{symbol}")
+    latencies: list[float] = []
+
+    def listen():
+        for msg in pubsub.listen():
+            if msg["type"] == "message":
+                sent = json.loads(msg["data"])["trade_time"]
+                latencies.append(time.time() * 1000 - sent)
+                if len(latencies) >= samples:
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0})
+    time.sleep(3)  # the sink has joined its group
+    for i in range(samples):
+        now = int(time.time() * 1000)
+        value = (f'{{"symbol":"{symbol}","agg_id":{i + 1},"price":1.00000000,"qty":1.00000000,"first_trade_id":{i},'
+                 f'"last_trade_id":{i},"trade_time":{now},"is_buyer_maker":true}}')
+        producer.produce(topic, key=symbol.encode(), value=value.encode(), timestamp=now)
+        producer.poll(0)
+        time.sleep(0.005)
+    producer.flush(10)
+    listener.join(5)
+    sink.stop()
+    thread.join(30)
+    latencies.sort()
+    record(e2e_redis_latency_ms_p50=round(statistics.median(latencies), 1),
+           e2e_redis_latency_ms_p99=round(latencies[int(len(latencies) * 0.99) - 1], 1),
+           e2e_redis_latency_samples=len(latencies))
+
+
+def run(workdir: Path) -> None:
+    settings = get_settings()
+    jdbc(settings)
+    redis_throughput(settings, workdir)
+    redis_latency(settings, workdir)
