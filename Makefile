@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test bench source replay stream redis-sink deploy-ksql deploy-connectors
+.PHONY: help setup up down status demo test bench source replay stream redis-sink deploy-ksql deploy-connectors
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ down: ## stop exactly what `make up` started
 
 status: ## health check: services, topics, connectors, table rows, Redis keys; non-zero when down
 	@$(PY) -m cryptopipe.stack status
+
+demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end
+	@TAPE="$(TAPE)" $(PY) -m cryptopipe.demo
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)

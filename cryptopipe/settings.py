@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     replay_shift_minutes: int = 0
     replay_weight_limit: int = 6000
 
+    # make demo: how long to wait for the pipeline to catch up with the tape.
+    demo_timeout_s: float = 600.0
+
     # Web UIs and servers that only the docker-compose twin runs (ksqlDB, Kafka UI) or later issues add.
     airflow_port: int = 8080
     ksqldb_host: str = "127.0.0.1"

@@ -381,6 +381,11 @@ def shift_to_now(tapes: dict[str, SymbolTape], live: bool) -> int:
     return (int(time.time() * 1000) - anchor) // 60_000
 
 
+def shift_each_to_now(tapes: dict[str, SymbolTape]) -> dict[str, int]:
+    """As fast as possible, tapes recorded years apart each end in this minute (one shift per symbol)."""
+    return {symbol: shift_to_now({symbol: tape}, live=False) for symbol, tape in tapes.items()}
+
+
 def make_server(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"replay": replay})
     server = ThreadingHTTPServer((host, port), handler)
@@ -407,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shift-minutes", type=int, default=s.replay_shift_minutes,
                         help="add whole minutes to every event time")
     parser.add_argument("--shift-to-now", action="store_true",
-                        help="shift by whole minutes so the replay looks current: at speed 0 the tape ends in "
-                             "the current minute (no event time lies ahead), otherwise it starts in it")
+                        help="shift by whole minutes so the replay looks current: at speed 0 each symbol's tape "
+                             "ends in the current minute (no event time lies ahead), otherwise the tape starts in it")
     parser.add_argument("--weight-limit", type=int, default=s.replay_weight_limit)
     parser.add_argument("--window-s", type=float, default=60.0, help="weight window length (Binance: 60)")
     parser.add_argument("--ban-s", type=float, default=120.0, help="first ban length after ignoring a 429")
@@ -416,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shift = args.shift_minutes
     if args.shift_to_now:
-        shift = shift_to_now(load_tapes(args.tape), live=args.speed > 0)
+        raw = load_tapes(args.tape)
+        shift = shift_to_now(raw, live=True) if args.speed > 0 else shift_each_to_now(raw)
     tapes = load_tapes(args.tape, shift)
     replay = Replay(tapes, speed=args.speed, weight_limit=args.weight_limit, window_s=args.window_s, ban_s=args.ban_s)
     server = make_server(replay, args.host, args.port)
-    log.info("replaying %s (%s trades) on http://%s:%d at speed %s, shift %d min",
+    log.info("replaying %s (%s trades) on http://%s:%d at speed %s, shift %s min",
              ", ".join(tapes), f"{sum(len(t.ids) for t in tapes.values()):,}", args.host, args.port,
              args.speed or "max", shift)
     try:

@@ -114,8 +114,9 @@ def fmt(value: Decimal) -> str:
     return f"{value.quantize(Decimal('0.00000001')):f}"
 
 
-def load_tapes(directory: Path, shift_minutes: int = 0) -> dict[str, SymbolTape]:
-    """Every `<symbol>_aggtrades*.json` in the folder; several files of one symbol are merged by id."""
+def load_tapes(directory: Path, shift_minutes: int | dict[str, int] = 0) -> dict[str, SymbolTape]:
+    """Every `<symbol>_aggtrades*.json` in the folder; several files of one symbol are merged by id.
+    Event times move by `shift_minutes`, one number for all or one per symbol."""
     by_symbol: dict[str, dict[int, dict]] = {}
     for path in sorted(Path(directory).iterdir()):
         match = TAPE_FILE.match(path.name)
@@ -124,8 +125,11 @@ def load_tapes(directory: Path, shift_minutes: int = 0) -> dict[str, SymbolTape]
             by_symbol.setdefault(match.group(1).upper(), {}).update({t["a"]: t for t in trades})
     if not by_symbol:
         raise FileNotFoundError(f"no <symbol>_aggtrades*.json tape in {directory}")
-    shift_ms = shift_minutes * 60_000
+    def shift_ms(symbol: str) -> int:
+        minutes = shift_minutes.get(symbol, 0) if isinstance(shift_minutes, dict) else shift_minutes
+        return minutes * 60_000
+
     return {
-        symbol: SymbolTape.from_trades(symbol, [trades[a] for a in sorted(trades)], shift_ms)
+        symbol: SymbolTape.from_trades(symbol, [trades[a] for a in sorted(trades)], shift_ms(symbol))
         for symbol, trades in sorted(by_symbol.items())
     }

@@ -1,0 +1,199 @@
+"""`make demo [TAPE=<dir>]`: the whole pipeline on recorded real Binance trades, checked end to end.
+
+It deploys the connectors (and the ksql statements when a ksqlDB answers), serves the tape through the
+replay server (event times moved to the present), runs the source, the stream function and the Redis sink
+as processes (logs in logs/), shows progress until everything has landed, checks the numbers against the
+tape and prints a summary. Exit 0 only when trades in = rows in `trades`, the candles equal those recomputed
+from the trades, and Redis holds each symbol's last trade. Running it again is harmless: the source resumes
+after what Kafka already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cryptopipe import connectors, ksql_deploy
+from cryptopipe.settings import ROOT, Settings, load_settings
+from cryptopipe.stack import port_open
+from replay.tape import load_tapes
+
+CHECK_SQL = ROOT / "db" / "checks" / "candles_vs_trades.sql"
+
+
+class Functions:
+    """The demo's processes, each with its log in logs/<name>.log; all stopped on the way out."""
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = open(self.s.logs_dir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see logs/{name}.log")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def pg(settings: Settings, sql: str, params: dict | tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(**settings.pg_params("reader"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def run(settings: Settings, tape_dir: Path, console: Console) -> int:
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    tapes = load_tapes(tape_dir)
+    symbols = sorted(tapes)
+    total = sum(len(t.ids) for t in tapes.values())
+    console.print(f"[bold]Tape[/bold] {tape_dir}: {', '.join(symbols)} ({total:,} real trades)")
+
+    if connectors.deploy(settings.connect_url, restart=True, console=console) != 0:
+        return 1
+    ksql_deploy.deploy(settings, out=console.print)
+
+    if port_open("127.0.0.1", settings.replay_port):
+        console.print(f"[red]error: port {settings.replay_port} for the replay server is in use; "
+                      "set REPLAY_PORT in .env[/red]")
+        return 1
+    fns = Functions(settings)
+    python = sys.executable
+    url = f"http://127.0.0.1:{settings.replay_port}"
+    try:
+        fns.start("replay", [python, "-m", "replay.server", "--tape", str(tape_dir), "--port",
+                             str(settings.replay_port), "--speed", "0", "--shift-to-now"], {})
+        deadline = time.monotonic() + 30
+        while not port_open("127.0.0.1", settings.replay_port):
+            fns.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replay server did not start; see logs/replay.log")
+            time.sleep(0.2)
+        fns.start("stream", [python, "-m", "functions.stream_processor.app"], {})
+        fns.start("redis-sink", [python, "-m", "functions.redis_sink.sink"], {})
+        fns.start("source", [python, "-m", "functions.binance_source.source"], {
+            "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0"})
+        ok = follow(settings, tapes, symbols, total, fns, console)
+    finally:
+        fns.stop_all()
+    return summary(settings, tapes, symbols, console) if ok else 1
+
+
+def follow(settings: Settings, tapes, symbols, total: int, fns: Functions, console: Console) -> bool:
+    """Progress bars until trades, candles and Redis have all caught up with the tape."""
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    last_ids = {s: tapes[s].ids[-1] for s in symbols}
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    deadline = time.monotonic() + settings.demo_timeout_s
+    with Progress(*columns, console=console) as progress:
+        produced = progress.add_task("trades produced", total=total)
+        loaded = progress.add_task("rows in trades", total=total)
+        candles = progress.add_task("candles in PostgreSQL", total=None)
+        cached = progress.add_task("symbols in Redis", total=len(symbols))
+        while time.monotonic() < deadline:
+            fns.check_alive()
+            status_file = settings.var_dir / "run" / "source.json"
+            report = json.loads(status_file.read_text()) if status_file.exists() else {"symbols": {}}
+            done_ids = {s: (v.get("cursor") or 0) - 1 for s, v in report["symbols"].items()}
+            n_produced = sum(min(len(tapes[s].ids), max(0, done_ids.get(s, 0) - tapes[s].ids[0] + 1)) for s in symbols)
+            n_rows = sum(c for _, c in pg(settings, "SELECT symbol, count(*) FROM trades WHERE symbol = ANY(%s) "
+                                                    "GROUP BY symbol", (symbols,)))
+            n_candles = pg(settings, "SELECT count(*) FROM candles_1m WHERE symbol = ANY(%s)", (symbols,))[0][0]
+            n_cached = sum(r.hget(f"price:{s}", "agg_id") == str(last_ids[s]) for s in symbols)
+            progress.update(produced, completed=n_produced)
+            progress.update(loaded, completed=n_rows)
+            progress.update(candles, completed=n_candles)
+            progress.update(cached, completed=n_cached)
+            if n_rows >= total and n_cached == len(symbols) and not candle_problems(settings, symbols):
+                return True
+            time.sleep(1)
+    console.print(f"[red]error: the pipeline had not caught up after {settings.demo_timeout_s:.0f} s; "
+                  "see logs/ and make status[/red]")
+    return False
+
+
+def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
+    return pg(settings, CHECK_SQL.read_text(), {"symbols": symbols})
+
+
+def summary(settings: Settings, tapes, symbols, console: Console) -> int:
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    table = Table(title="Demo summary", title_justify="left")
+    for col in ("symbol", "trades in tape", "rows in trades", "candles", "alerts", "last price (tape)",
+                "last price (Redis)", "check"):
+        table.add_column(col, justify="left" if col in ("symbol", "check") else "right")
+    all_ok = True
+    for s in symbols:
+        tape = tapes[s]
+        rows = pg(settings, "SELECT count(*), min(agg_id), max(agg_id) FROM trades WHERE symbol = %s", (s,))[0]
+        n_candles = pg(settings, "SELECT count(*) FROM candles_1m WHERE symbol = %s", (s,))[0][0]
+        n_alerts = pg(settings, "SELECT count(*) FROM alerts WHERE symbol = %s", (s,))[0][0]
+        price = r.hgetall(f"price:{s}")
+        last = tape.trades[-1]
+        ok = (rows == (len(tape.ids), tape.ids[0], tape.ids[-1])
+              and price.get("agg_id") == str(last["a"]) and Decimal(price.get("price", "0")) == Decimal(last["p"]))
+        all_ok &= ok
+        table.add_row(s, f"{len(tape.ids):,}", f"{rows[0]:,}", f"{n_candles:,}", str(n_alerts), last["p"],
+                      price.get("price", "-"), "[green]ok[/green]" if ok else "[red]MISMATCH[/red]")
+    problems = candle_problems(settings, symbols)
+    console.print(table)
+    if problems:
+        all_ok = False
+        console.print("[red]candles differ from those recomputed from trades:[/red]")
+        for row in problems[:10]:
+            console.print(f"  {row}")
+    else:
+        console.print("candles_1m equals the candles recomputed from the trades table, minute by minute.")
+    console.print(f"Kafka Connect REST: {settings.connect_url}/connectors?expand=status")
+    console.print(f"PostgreSQL: postgresql://crypto:***@{settings.pg_host}:{settings.pg_port}/{settings.pg_database}")
+    console.print(f"Redis: redis-cli -p {settings.redis_port} hgetall price:{symbols[0]}")
+    console.print("Logs: logs/source.log, logs/stream.log, logs/redis-sink.log, logs/replay.log")
+    console.print("[green]demo OK: the numbers agree end to end[/green]" if all_ok
+                  else "[red]demo FAILED: the numbers do not agree[/red]")
+    return 0 if all_ok else 1
+
+
+def main() -> int:
+    settings = load_settings()
+    tape = Path(os.environ.get("TAPE") or settings.replay_tape_dir).resolve()
+    console = Console(soft_wrap=True)  # long paths and messages stay on one line, greppable
+    try:
+        load_tapes(tape)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        console.print(f"[red]error: TAPE={tape}: {err}. A tape folder holds <symbol>_aggtrades*.json files, each "
+                      "a list of Binance aggTrades objects in ascending id (see README).[/red]")
+        return 1
+    return run(settings, tape, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
