@@ -8,9 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import requests
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from cryptopipe.settings import ROOT
 
@@ -65,3 +68,23 @@ class ReplayProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def fresh_topic(admin: AdminClient, prefix: str, partitions: int = 3) -> str:
+    """A new topic for one measurement, kept whatever its records' event times."""
+    name = f"bench.{prefix}-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(name, partitions, 1, config={"retention.ms": "-1"})])[name].result()
+    return name
+
+
+def produce_all(bootstrap: str, topic: str, records, **config) -> None:
+    """Produce (key, timestamp, value) records and wait until all are acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "partitioner": "murmur2_random", **config})
+    for key, ts, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)

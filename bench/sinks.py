@@ -15,9 +15,9 @@ import psycopg2
 import redis
 import requests
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
-from bench.common import TAPES, record
+from bench.common import TAPES, fresh_topic, produce_all, record
 from cryptopipe.connectors import is_running, load_configs
 from cryptopipe.settings import get_settings
 from functions.binance_source.source import trade_value
@@ -35,24 +35,6 @@ def trade_records() -> list[tuple[bytes, int, bytes, dict]]:
             _, ts, value = trade_value(symbol, t)
             out.append((symbol.encode(), ts, value, dict(t, s=symbol)))
     return out
-
-
-def fresh_topic(admin: AdminClient, prefix: str, partitions: int = 3) -> str:
-    name = f"bench.{prefix}-{uuid.uuid4().hex[:8]}"
-    admin.create_topics([NewTopic(name, partitions, 1, config={"retention.ms": "-1"})])[name].result()
-    return name
-
-
-def produce_all(settings, topic: str, records) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "partitioner": "murmur2_random"})
-    for key, ts, value, _ in records:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, timestamp=ts)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(60)
 
 
 def jdbc(settings) -> None:
@@ -79,7 +61,7 @@ def jdbc(settings) -> None:
     copy_rate = n / (time.perf_counter() - start)
 
     topic = fresh_topic(admin, "jdbc")
-    produce_all(settings, topic, records)
+    produce_all(settings.kafka_bootstrap, topic, [r[:3] for r in records])
     config = load_configs()["jdbc-trades"] | {"topics": topic, "collection.name.format": sink_table,
                                               "errors.deadletterqueue.topic.name": f"{topic}-dlq"}
     name = f"bench-jdbc-{tag}"
@@ -121,7 +103,7 @@ def redis_throughput(settings, workdir: Path) -> None:
     client.delete(*[f"benchraw:XRPETH{i:02d}" for i in range(COPIES)])
 
     topic, candles = fresh_topic(admin, "redis"), fresh_topic(admin, "redis-candles")
-    produce_all(settings, topic, records)
+    produce_all(settings.kafka_bootstrap, topic, [r[:3] for r in records])
     s = settings.model_copy(update={"redis_trades_topic": topic, "redis_candles_topic": candles,
                                     "redis_sink_group": f"bench-redis-{uuid.uuid4().hex[:6]}",
                                     "var_dir": workdir / "var"})

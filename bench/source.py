@@ -5,22 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import requests
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
-from bench.common import ReplayProcess, copies_of, record
+from bench.common import ReplayProcess, copies_of, fresh_topic, produce_all, record
 from cryptopipe.settings import get_settings
 from functions.binance_source.source import BinanceSource, trade_value
-
-
-def fresh_topic(admin: AdminClient, prefix: str) -> str:
-    name = f"bench.{prefix}-{uuid.uuid4().hex[:8]}"
-    admin.create_topics([NewTopic(name, 3, 1)])[name].result()
-    return name
 
 
 def throughput(workdir: Path) -> None:
@@ -34,19 +26,10 @@ def throughput(workdir: Path) -> None:
     # Bare producer: the same records, serialized beforehand, same producer settings.
     values = [(n.encode(), *trade_value(n, t)[1:]) for n in names for t in trades]
     topic = fresh_topic(admin, "raw")
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 5, "compression.type": "lz4", "batch.num.messages": 10_000,
-                         "partitioner": "murmur2_random"})
     start = time.perf_counter()
-    for key, ts, value in values:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, timestamp=ts)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    producer.flush(60)
+    produce_all(settings.kafka_bootstrap, topic, values, **{
+        "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+        "batch.num.messages": 10_000})
     raw_rate = total / (time.perf_counter() - start)
 
     replay = ReplayProcess(tape_dir)

@@ -8,10 +8,10 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
-from bench.common import TAPES, record
+from bench.common import TAPES, fresh_topic, produce_all, record
 from cryptopipe.settings import get_settings
 from functions.binance_source.source import trade_value
 from functions.stream_processor.app import StreamFunction
@@ -21,22 +21,10 @@ COPIES = 16  # the XRPETH tape under 16 symbols: ~200,000 real trades
 
 def fill_topic(settings, topic: str) -> int:
     trades = json.loads((TAPES / "xrpeth_aggtrades_20191011-13.json").read_text())
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                         "partitioner": "murmur2_random"})
-    n = 0
-    for i in range(COPIES):
-        symbol = f"XRPETH{i:02d}"
-        for t in trades:
-            _, ts, value = trade_value(symbol, t)
-            while True:
-                try:
-                    producer.produce(topic, key=symbol.encode(), value=value, timestamp=ts)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            n += 1
-    producer.flush(60)
-    return n
+    records = [(f"XRPETH{i:02d}".encode(), *trade_value(f"XRPETH{i:02d}", t)[1:])
+               for i in range(COPIES) for t in trades]
+    produce_all(settings.kafka_bootstrap, topic, records, **{"compression.type": "lz4"})
+    return len(records)
 
 
 def raw_consume(settings, topic: str, n: int) -> float:
@@ -57,9 +45,7 @@ def raw_consume(settings, topic: str, n: int) -> float:
 def stream_rate(settings, topic: str, n: int, workdir: Path) -> float:
     u = uuid.uuid4().hex[:6]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    outs = [f"bench.{name}-{u}" for name in ("candles", "stats", "alerts", "dlq")]
-    for fut in admin.create_topics([NewTopic(t, 3, 1) for t in outs]).values():
-        fut.result()
+    outs = [fresh_topic(admin, name) for name in ("candles", "stats", "alerts", "dlq")]
     s = settings.model_copy(update={
         "stream_input_topic": topic, "stream_candles_topic": outs[0], "stream_stats_topic": outs[1],
         "stream_alerts_topic": outs[2], "stream_dlq_topic": outs[3], "stream_consumer_group": f"bench-stream-{u}",
@@ -84,8 +70,7 @@ def stream_rate(settings, topic: str, n: int, workdir: Path) -> float:
 def run(workdir: Path) -> None:
     settings = get_settings()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    topic = f"bench.trades-{uuid.uuid4().hex[:6]}"
-    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
+    topic = fresh_topic(admin, "trades")
     n = fill_topic(settings, topic)
     raw = raw_consume(settings, topic, n)
     rate = stream_rate(settings, topic, n, workdir)

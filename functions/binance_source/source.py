@@ -17,7 +17,6 @@ import logging
 import math
 import random
 import re
-import signal
 import sys
 import time
 from collections import Counter, deque
@@ -26,7 +25,8 @@ from datetime import datetime
 
 from confluent_kafka import Producer
 
-from cryptopipe.settings import Settings, load_settings
+from cryptopipe.run import serve
+from cryptopipe.settings import Settings
 from functions.binance_source.client import (
     AGG_TRADES_WEIGHT,
     BinanceClient,
@@ -427,13 +427,7 @@ class BinanceSource:
 
 
 def main() -> int:
-    settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    source = BinanceSource(settings)
-    signal.signal(signal.SIGTERM, source.stop)
-    signal.signal(signal.SIGINT, source.stop)
-    source.run()
-    return 0
+    return serve(BinanceSource)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import signal
 import sys
 import time
 from collections import Counter
@@ -27,7 +26,8 @@ from collections import Counter
 import redis
 from confluent_kafka import Consumer, Producer
 
-from cryptopipe.settings import Settings, load_settings
+from cryptopipe.run import serve
+from cryptopipe.settings import Settings
 
 log = logging.getLogger("redis_sink")
 
@@ -219,13 +219,7 @@ class RedisSink:
 
 
 def main() -> int:
-    settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sink = RedisSink(settings)
-    signal.signal(signal.SIGTERM, sink.stop)
-    signal.signal(signal.SIGINT, sink.stop)
-    sink.run()
-    return 0
+    return serve(RedisSink)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from quixstreams import Application
 from quixstreams.models.serializers.json import JSONSerializer
 
 from cryptopipe import schemas
+from cryptopipe.run import LOG_FORMAT
 from cryptopipe.settings import Settings, load_settings
 from functions.stream_processor.windows import (
     AlertRules,
@@ -187,8 +188,8 @@ class StreamFunction:
 
 def main() -> int:
     settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    StreamFunction(settings).run()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    StreamFunction(settings).run()  # Quix handles SIGTERM/SIGINT itself
     return 0
 
 
