@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo test bench source replay stream redis-sink deploy-ksql deploy-connectors
+.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink deploy-ksql deploy-connectors
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -15,14 +15,22 @@ setup: ## install everything: Debian packages (as root), the venv, Kafka/Connect
 up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect), create topics and tables
 	@$(PY) -m cryptopipe.stack up
 
-down: ## stop exactly what `make up` started
-	@if [ -x $(PY) ]; then $(PY) -m cryptopipe.stack down; else echo "  nothing to stop (no .venv)"; fi
+down: ## stop the functions and exactly what `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m cryptopipe.functions_ctl stop && $(PY) -m cryptopipe.stack down; \
+	else echo "  nothing to stop (no .venv)"; fi
 
 status: ## health check: services, topics, connectors, table rows, Redis keys; non-zero when down
 	@$(PY) -m cryptopipe.stack status
 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end
 	@TAPE="$(TAPE)" $(PY) -m cryptopipe.demo
+
+run: up ## live: the pipeline against Binance (BINANCE_BASE_URL, BINANCE_SYMBOLS), functions in the background
+	@$(PY) -m cryptopipe.connectors
+	@$(PY) -m cryptopipe.functions_ctl start
+
+stop: ## stop the functions that `make run` started
+	@$(PY) -m cryptopipe.functions_ctl stop
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)

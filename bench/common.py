@@ -87,4 +87,5 @@ def produce_all(bootstrap: str, topic: str, records, **config) -> None:
                 break
             except BufferError:
                 producer.poll(0.05)
+        producer.poll(0)  # serve delivery reports as they come, as a producer loop should
     producer.flush(60)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from decimal import Decimal
@@ -25,40 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cryptopipe import connectors, ksql_deploy
+from cryptopipe import connectors, functions_ctl, ksql_deploy
 from cryptopipe.settings import ROOT, Settings, load_settings
 from cryptopipe.stack import port_open
 from replay.tape import load_tapes
 
 CHECK_SQL = ROOT / "db" / "checks" / "candles_vs_trades.sql"
-
-
-class Functions:
-    """The demo's processes, each with its log in logs/<name>.log; all stopped on the way out."""
-
-    def __init__(self, settings: Settings):
-        self.s = settings
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.s.logs_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see logs/{name}.log")
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def pg(settings: Settings, sql: str, params: dict | tuple = ()) -> list[tuple]:
@@ -86,29 +56,35 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
         console.print(f"[red]error: port {settings.replay_port} for the replay server is in use; "
                       "set REPLAY_PORT in .env[/red]")
         return 1
-    fns = Functions(settings)
-    python = sys.executable
     url = f"http://127.0.0.1:{settings.replay_port}"
+    names = ("replay", "stream", "redis-sink", "source")
     try:
-        fns.start("replay", [python, "-m", "replay.server", "--tape", str(tape_dir), "--port",
-                             str(settings.replay_port), "--speed", "0", "--shift-to-now"], {})
+        functions_ctl.start(settings, "replay", ["--tape", str(tape_dir), "--port", str(settings.replay_port),
+                                                 "--speed", "0", "--shift-to-now"])
         deadline = time.monotonic() + 30
         while not port_open("127.0.0.1", settings.replay_port):
-            fns.check_alive()
+            check_alive(settings, ["replay"])
             if time.monotonic() > deadline:
                 raise RuntimeError("the replay server did not start; see logs/replay.log")
             time.sleep(0.2)
-        fns.start("stream", [python, "-m", "functions.stream_processor.app"], {})
-        fns.start("redis-sink", [python, "-m", "functions.redis_sink.sink"], {})
-        fns.start("source", [python, "-m", "functions.binance_source.source"], {
+        functions_ctl.start(settings, "stream")
+        functions_ctl.start(settings, "redis-sink")
+        functions_ctl.start(settings, "source", env={
             "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0"})
-        ok = follow(settings, tapes, symbols, total, fns, console)
+        ok = follow(settings, tapes, symbols, total, lambda: check_alive(settings, names), console)
     finally:
-        fns.stop_all()
+        for name in reversed(names):
+            functions_ctl.stop(settings, name)
     return summary(settings, tapes, symbols, console) if ok else 1
 
 
-def follow(settings: Settings, tapes, symbols, total: int, fns: Functions, console: Console) -> bool:
+def check_alive(settings: Settings, names) -> None:
+    for name in names:
+        if functions_ctl.running_pid(settings, name) is None:
+            raise RuntimeError(f"{name} is not running; see logs/{name}.log")
+
+
+def follow(settings: Settings, tapes, symbols, total: int, alive, console: Console) -> bool:
     """Progress bars until trades, candles and Redis have all caught up with the tape."""
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     last_ids = {s: tapes[s].ids[-1] for s in symbols}
@@ -120,7 +96,7 @@ def follow(settings: Settings, tapes, symbols, total: int, fns: Functions, conso
         candles = progress.add_task("candles in PostgreSQL", total=None)
         cached = progress.add_task("symbols in Redis", total=len(symbols))
         while time.monotonic() < deadline:
-            fns.check_alive()
+            alive()
             status_file = settings.var_dir / "run" / "source.json"
             report = json.loads(status_file.read_text()) if status_file.exists() else {"symbols": {}}
             done_ids = {s: (v.get("cursor") or 0) - 1 for s, v in report["symbols"].items()}

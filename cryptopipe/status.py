@@ -119,10 +119,23 @@ def source_table(stack: NativeStack) -> Table | None:
     return table
 
 
+def function_table(stack: NativeStack) -> Table:
+    from cryptopipe import functions_ctl
+
+    table = Table(title="Functions", title_justify="left")
+    for col in ("function", "state", "pid", "log"):
+        table.add_column(col)
+    for name in functions_ctl.MODULES:
+        pid = functions_ctl.running_pid(stack.s, name)
+        table.add_row(name, "[green]running[/green]" if pid else "stopped", str(pid or "-"), f"logs/{name}.log")
+    return table
+
+
 def print_status(stack: NativeStack) -> int:
     console = Console()
     services, all_up = service_table(stack)
     console.print(services)
+    console.print(function_table(stack))
     up = {svc.name for svc in stack.services if stack.is_up(svc)}
     sections = [
         ("kafka", lambda: [topic_table(stack)]),

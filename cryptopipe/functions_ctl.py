@@ -1,0 +1,84 @@
+"""Start and stop the pipeline's functions as background processes (pid files in var/run, logs in logs/).
+
+    python -m cryptopipe.functions_ctl start [name ...]     (make run starts all three)
+    python -m cryptopipe.functions_ctl stop [name ...]      (make stop; make down stops them too)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cryptopipe.settings import ROOT, Settings, load_settings
+from cryptopipe.stack import process_exists
+
+MODULES = {
+    "source": "functions.binance_source.source",
+    "stream": "functions.stream_processor.app",
+    "redis-sink": "functions.redis_sink.sink",
+    "replay": "replay.server",
+}
+PIPELINE = ("stream", "redis-sink", "source")  # consumers first, so nothing waits on them
+
+
+def pid_file(settings: Settings, name: str):
+    return settings.var_dir / "run" / f"fn-{name}.pid"
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The function's pid if it runs (checked against its command line, so a recycled pid never counts)."""
+    try:
+        pid = int(pid_file(settings, name).read_text())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except (OSError, ValueError):
+        return None
+    return pid if MODULES[name] in cmdline and process_exists(pid) else None
+
+
+def start(settings: Settings, name: str, args: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+    pid = running_pid(settings, name)
+    if pid is not None:
+        return pid
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    pid_file(settings, name).parent.mkdir(parents=True, exist_ok=True)
+    with open(settings.logs_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", MODULES[name], *(args or [])], cwd=ROOT,
+                                env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file(settings, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop(settings: Settings, name: str, timeout: float = 30.0) -> bool:
+    """SIGTERM (each function flushes and commits on it), SIGKILL after the timeout. True if it was running."""
+    pid = running_pid(settings, name)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while process_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file(settings, name).unlink(missing_ok=True)
+    return pid is not None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] not in ("start", "stop") or any(n not in MODULES for n in argv[2:]):
+        print(f"usage: python -m cryptopipe.functions_ctl start|stop [{'|'.join(MODULES)} ...]", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    names = argv[2:] or (PIPELINE if argv[1] == "start" else tuple(MODULES))
+    for name in names:
+        if argv[1] == "start":
+            print(f"  {name:<10} running (pid {start(settings, name)}), log: logs/{name}.log")
+        else:
+            print(f"  {name:<10} {'stopped' if stop(settings, name) else 'not running'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
