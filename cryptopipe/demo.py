@@ -28,7 +28,7 @@ from cryptopipe.settings import ROOT, Settings, load_settings
 from cryptopipe.stack import port_open
 from replay.tape import load_tapes
 
-CHECK_SQL = ROOT / "db" / "checks" / "candles_vs_trades.sql"
+CHECK_SQL = ROOT / "dags" / "sql" / "candles_vs_trades.sql"
 
 
 def pg(settings: Settings, sql: str, params: dict | tuple = ()) -> list[tuple]:
@@ -118,7 +118,7 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
 
 
 def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
-    return pg(settings, CHECK_SQL.read_text(), {"symbols": symbols})
+    return pg(settings, CHECK_SQL.read_text(), {"symbols": symbols, "start": "-infinity", "end": "infinity"})
 
 
 def summary(settings: Settings, tapes, symbols, console: Console) -> int:

@@ -59,3 +59,15 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_symbol_time_idx ON alerts (symbol, window_start);
 CREATE INDEX IF NOT EXISTS alerts_time_idx ON alerts (window_start);
+
+-- Data-quality results written by the data_quality_check DAG, one row per check and interval.
+CREATE TABLE IF NOT EXISTS quality_results (
+    check_name    text        NOT NULL,
+    window_start  timestamptz NOT NULL,
+    window_end    timestamptz NOT NULL,
+    passed        boolean     NOT NULL,
+    detail        text,
+    run_id        text,
+    checked_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (check_name, window_start, window_end)
+);

@@ -1,0 +1,106 @@
+"""The Airflow DAGs: integrity without services, and real runs with dag.test() against the real PostgreSQL
+holding the pipeline's data (loaded by `make demo`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from cryptopipe.settings import ROOT
+
+DAGS = ROOT / "dags"
+SYMBOLS = ["BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH"]
+
+
+@pytest.fixture(scope="module")
+def airflow_env(settings, tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow")
+    reader = settings.pg_params("reader")
+    writer = settings.pg_params("writer")
+    env = {
+        **os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW_CONN_CRYPTO_READER": f"postgresql://crypto_reader:{reader['password']}@{reader['host']}:{reader['port']}/crypto",
+        "AIRFLOW_CONN_CRYPTO_WRITER": f"postgresql://crypto_writer:{writer['password']}@{writer['host']}:{writer['port']}/crypto",
+    }
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    return env
+
+
+def run_dag(env, dag_id: str, conf: dict) -> dict[str, str]:
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "airflow_dag_run.py"), dag_id, json.dumps(conf),
+                             str(DAGS)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(line[-1].removeprefix("RESULT "))
+
+
+def test_dags_import_with_tags_retries_and_no_connection_at_parse(airflow_env):
+    code = f"""
+import socket, json
+real = socket.socket.connect
+def refuse(*a, **k):
+    raise AssertionError('a DAG file opened a connection while parsed')
+socket.socket.connect = refuse
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={str(DAGS)!r})
+print("RESULT " + json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+  "dags": {{d.dag_id: [sorted(d.tags), d.catchup, d.doc_md is not None, str(d.start_date.tzinfo) != 'None',
+   d.default_args.get('retries', 0)] for d in bag.dags.values()}}}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=airflow_env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, out.stdout[-2000:] + out.stderr[-2000:]
+    report = json.loads(lines[-1].removeprefix("RESULT "))
+    assert report["errors"] == {}
+    assert "data_quality_check" in report["dags"]
+    for dag_id, (tags, catchup, has_doc, tz_aware, retries) in report["dags"].items():
+        assert tags and catchup is False and has_doc and tz_aware and retries >= 1, dag_id
+
+
+@pytest.fixture(scope="module")
+def pipeline_data(stack):
+    """The bundled tapes through the real pipeline (make demo is idempotent and quick the second time)."""
+    result = subprocess.run(["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airflow_env, pipeline_data, settings):
+    owner = psycopg2.connect(**settings.pg_params("owner"))
+    owner.autocommit = True
+    cur = owner.cursor()
+    cur.execute("SELECT min(window_start), max(window_start) FROM candles_1m WHERE symbol = ANY(%s)", (SYMBOLS,))
+    first, last = cur.fetchone()
+    conf = {"start": first.isoformat(), "end": (last + timedelta(minutes=1)).isoformat(), "symbols": SYMBOLS}
+
+    states = run_dag(airflow_env, "data_quality_check", conf)
+    assert states == {f"check_{c}": "success" for c in ("freshness", "continuity", "validity", "uniqueness", "consistency")}
+    cur.execute("SELECT check_name, passed FROM quality_results WHERE window_start = %s AND window_end = %s",
+                (conf["start"], conf["end"]))
+    assert dict(cur.fetchall()) == {c: True for c in ("freshness", "continuity", "validity", "uniqueness", "consistency")}
+
+    # One corrupted candle: high below low.
+    cur.execute("SELECT window_start, high FROM candles_1m WHERE symbol = 'XRPETH' ORDER BY window_start OFFSET 100 LIMIT 1")
+    ws, high = cur.fetchone()
+    cur.execute("UPDATE candles_1m SET high = low - 0.00000001 WHERE symbol = 'XRPETH' AND window_start = %s", (ws,))
+    try:
+        states = run_dag(airflow_env, "data_quality_check", conf)
+    finally:
+        cur.execute("UPDATE candles_1m SET high = %s WHERE symbol = 'XRPETH' AND window_start = %s", (high, ws))
+    assert states["check_validity"] == "failed" and states["check_consistency"] == "failed"
+    assert {t: s for t, s in states.items() if s != "failed"} == {
+        "check_freshness": "success", "check_continuity": "success", "check_uniqueness": "success"}
+    cur.execute("SELECT check_name FROM quality_results WHERE window_start = %s AND window_end = %s AND NOT passed",
+                (conf["start"], conf["end"]))
+    assert {r[0] for r in cur.fetchall()} == {"validity", "consistency"}
+    cur.execute("SELECT count(*) FROM alerts WHERE rule = 'quality:validity' AND window_start = %s", (conf["start"],))
+    assert cur.fetchone()[0] == 1
+    owner.close()
