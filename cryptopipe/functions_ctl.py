@@ -49,6 +49,10 @@ def start(settings: Settings, name: str, args: list[str] | None = None, env: dic
                                 env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file(settings, name).write_text(str(proc.pid))
+    # Until exec completes, /proc shows the parent's command line: wait for it, so running_pid is right.
+    deadline = time.monotonic() + 10
+    while running_pid(settings, name) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return proc.pid
 
 

@@ -71,3 +71,7 @@ CREATE TABLE IF NOT EXISTS quality_results (
     checked_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (check_name, window_start, window_end)
 );
+
+-- Rollups of candles_1m written by the crypto_batch_processing DAG (same columns as candles_1m).
+CREATE TABLE IF NOT EXISTS candles_1h (LIKE candles_1m INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS candles_1d (LIKE candles_1m INCLUDING ALL);

@@ -29,6 +29,7 @@ def airflow_env(settings, tmp_path_factory):
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW_CONN_CRYPTO_READER": f"postgresql://crypto_reader:{reader['password']}@{reader['host']}:{reader['port']}/crypto",
         "AIRFLOW_CONN_CRYPTO_WRITER": f"postgresql://crypto_writer:{writer['password']}@{writer['host']}:{writer['port']}/crypto",
+        "AIRFLOW_CONN_CRYPTO_OWNER": "postgresql://crypto:{password}@{host}:{port}/crypto".format(**settings.pg_params("owner")),
     }
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
                    capture_output=True, timeout=300)
@@ -61,7 +62,7 @@ print("RESULT " + json.dumps({{"errors": {{k: str(v) for k, v in bag.import_erro
     assert lines, out.stdout[-2000:] + out.stderr[-2000:]
     report = json.loads(lines[-1].removeprefix("RESULT "))
     assert report["errors"] == {}
-    assert "data_quality_check" in report["dags"]
+    assert {"data_quality_check", "crypto_batch_processing"} <= set(report["dags"])
     for dag_id, (tags, catchup, has_doc, tz_aware, retries) in report["dags"].items():
         assert tags and catchup is False and has_doc and tz_aware and retries >= 1, dag_id
 
@@ -103,4 +104,50 @@ def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airfl
     assert {r[0] for r in cur.fetchall()} == {"validity", "consistency"}
     cur.execute("SELECT count(*) FROM alerts WHERE rule = 'quality:validity' AND window_start = %s", (conf["start"],))
     assert cur.fetchone()[0] == 1
+    owner.close()
+
+
+def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_env, pipeline_data, settings):
+    owner = psycopg2.connect(**settings.pg_params("owner"))
+    owner.autocommit = True
+    cur = owner.cursor()
+    cur.execute("SELECT min(window_start), max(window_start) FROM candles_1m WHERE symbol = ANY(%s)", (SYMBOLS,))
+    first, last = cur.fetchone()
+    cur.execute("INSERT INTO trades VALUES ('OLDTEST', 1, 1, 1, 1, 1, '2000-01-01T00:00:00Z', true) "
+                "ON CONFLICT DO NOTHING")
+    conf = {"start": first.isoformat(), "end": (last + timedelta(minutes=1)).isoformat(), "trade_retention_days": 3650}
+    assert run_dag(airflow_env, "crypto_batch_processing", conf) == {
+        "rollup_candles_1h": "success", "rollup_candles_1d": "success", "trades_retention": "success"}
+
+    # The oracle: hourly and daily candles computed here from candles_1m.
+    cur.execute("SELECT symbol, window_start, open, high, low, close, volume, quote_volume, trade_count "
+                "FROM candles_1m WHERE symbol = ANY(%s) ORDER BY window_start", (SYMBOLS,))
+    minutes = cur.fetchall()
+    for table, unit in (("candles_1h", "hour"), ("candles_1d", "day")):
+        expected: dict = {}
+        for sym, ws, o, h, low, c, v, qv, n in minutes:
+            bucket = ws.replace(minute=0, second=0, microsecond=0)
+            if unit == "day":
+                bucket = bucket.replace(hour=0)
+            e = expected.get((sym, bucket))
+            if e is None:
+                expected[(sym, bucket)] = [o, h, low, c, v, qv, n]
+            else:
+                expected[(sym, bucket)] = [e[0], max(e[1], h), min(e[2], low), c, e[4] + v, e[5] + qv, e[6] + n]
+        cur.execute(f"SELECT symbol, window_start, open, high, low, close, volume, quote_volume, trade_count "
+                    f"FROM {table} WHERE symbol = ANY(%s)", (SYMBOLS,))
+        got = {(r[0], r[1]): list(r[2:]) for r in cur.fetchall()}
+        assert got == expected, table
+
+    cur.execute("SELECT count(*) FROM trades WHERE symbol = 'OLDTEST'")
+    assert cur.fetchone()[0] == 0  # past retention
+    cur.execute("SELECT count(*) FROM trades WHERE symbol = 'XRPETH'")
+    kept = cur.fetchone()[0]
+    assert kept == 12_477
+
+    cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
+    before = cur.fetchall()
+    run_dag(airflow_env, "crypto_batch_processing", conf)  # idempotent for its interval
+    cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
+    assert cur.fetchall() == before
     owner.close()

@@ -112,20 +112,33 @@ def restart_service(stack, name: str, down_s: float) -> None:
     wait_for(lambda: stack.is_up(svc), 120, f"{name} to come back")
 
 
-def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings, world, tmp_path):
+@pytest.fixture
+def processes():
+    """Processes a test starts; whatever still runs at the end is killed, pass or fail."""
+    started: list[Process] = []
+    yield started
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.kill9()
+
+
+def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings, world, tmp_path, processes):
     assert run_deploy(settings)[0] == 0
     symbols = ",".join(world["expected"])
     group = f"test-e2e-{world['tag'].lower()}"
     env = {"VAR_DIR": str(tmp_path / "var"), "ALERT_MOVE_PCT": "0.05", "ALERT_QUOTE_VOLUME": "2000000",
            "STREAM_CONSUMER_GROUP": group, "REDIS_SINK_GROUP": group + "-redis", "REDIS_STALE_AFTER_S": "5"}
     stream = Process("functions.stream_processor.app", env, tmp_path / "stream.log")
+    processes.append(stream)
     stream.wait_log("is now processing incoming messages")
     sink = Process("functions.redis_sink.sink", env, tmp_path / "redis.log")
+    processes.append(sink)
     # Slow answers keep trades flowing for about two minutes, across all three faults.
     requests.post(f"{world['url']}/_replay/faults", json={"kind": "slow", "delay_s": 1.0, "count": 10**6}, timeout=5)
     source = Process("functions.binance_source.source", env | {
         "BINANCE_BASE_URL": world["url"], "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
         "BINANCE_PAGE_LIMIT": "25"}, tmp_path / "source.log")
+    processes.append(source)
 
     owner = psycopg2.connect(**settings.pg_params("owner"))
     owner.autocommit = True
