@@ -75,3 +75,15 @@ CREATE TABLE IF NOT EXISTS quality_results (
 -- Rollups of candles_1m written by the crypto_batch_processing DAG (same columns as candles_1m).
 CREATE TABLE IF NOT EXISTS candles_1h (LIKE candles_1m INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS candles_1d (LIKE candles_1m INCLUDING ALL);
+
+-- Per-symbol indicators on 1-minute closes, written by the crypto_analysis DAG.
+CREATE TABLE IF NOT EXISTS indicators_1m (
+    symbol          text        NOT NULL,
+    window_start    timestamptz NOT NULL,
+    close           numeric     NOT NULL,
+    sma_20          numeric,
+    ema_20          numeric,
+    rsi_14          numeric,
+    volatility_60   numeric,
+    PRIMARY KEY (symbol, window_start)
+);

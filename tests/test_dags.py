@@ -62,7 +62,7 @@ print("RESULT " + json.dumps({{"errors": {{k: str(v) for k, v in bag.import_erro
     assert lines, out.stdout[-2000:] + out.stderr[-2000:]
     report = json.loads(lines[-1].removeprefix("RESULT "))
     assert report["errors"] == {}
-    assert {"data_quality_check", "crypto_batch_processing"} <= set(report["dags"])
+    assert set(report["dags"]) == {"data_quality_check", "crypto_batch_processing", "crypto_analysis"}
     for dag_id, (tags, catchup, has_doc, tz_aware, retries) in report["dags"].items():
         assert tags and catchup is False and has_doc and tz_aware and retries >= 1, dag_id
 
@@ -151,3 +151,43 @@ def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_en
     cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
     assert cur.fetchall() == before
     owner.close()
+
+
+def test_analysis_indicators_equal_a_computation_from_the_closes(airflow_env, pipeline_data, settings):
+    import math
+    import statistics
+
+    owner = psycopg2.connect(**settings.pg_params("owner"))
+    owner.autocommit = True
+    cur = owner.cursor()
+    cur.execute("SELECT window_start, close FROM candles_1m WHERE symbol = 'XRPETH' ORDER BY window_start")
+    series = cur.fetchall()
+    conf = {"start": series[0][0].isoformat(), "end": (series[-1][0] + timedelta(minutes=1)).isoformat(),
+            "symbols": ["XRPETH"]}
+    assert run_dag(airflow_env, "crypto_analysis", conf) == {"compute_indicators": "success"}
+    cur.execute("SELECT window_start, sma_20, ema_20, rsi_14, volatility_60 FROM indicators_1m "
+                "WHERE symbol = 'XRPETH' ORDER BY window_start")
+    got = cur.fetchall()
+    owner.close()
+    assert [g[0] for g in got] == [s[0] for s in series]
+    closes = [float(c) for _, c in series]
+
+    def close_enough(a, b):
+        return (a is None and b is None) or (a is not None and b is not None and math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12))
+
+    ema = None
+    gains, losses = [], []
+    for i, (row, close) in enumerate(zip(got, closes)):
+        sma = statistics.fmean(closes[i - 19:i + 1]) if i >= 19 else None
+        ema = sma if i == 19 else (ema * (1 - 2 / 21) + close * 2 / 21 if i > 19 else None)
+        if i:
+            gains.append(max(closes[i] - closes[i - 1], 0.0))
+            losses.append(max(closes[i - 1] - closes[i], 0.0))
+        if i == 14:
+            ag, al = statistics.fmean(gains), statistics.fmean(losses)
+        elif i > 14:
+            ag, al = (ag * 13 + gains[-1]) / 14, (al * 13 + losses[-1]) / 14
+        rsi = (100.0 if al == 0 else 100 - 100 / (1 + ag / al)) if i >= 14 else None
+        vol = statistics.stdev([math.log(closes[k] / closes[k - 1]) for k in range(i - 59, i + 1)]) * 100 if i >= 60 else None
+        for value, want in zip(row[1:], (sma, ema, rsi, vol)):
+            assert close_enough(value, want), (i, row, (sma, ema, rsi, vol))
