@@ -11,14 +11,16 @@ from rich.table import Table
 from cryptopipe.stack import NativeStack, tree_rss_mb
 
 
-def service_table(stack: NativeStack) -> tuple[Table, bool]:
+def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
+    """The services table, and the names of the services that answered."""
     table = Table(title="Services", title_justify="left")
     for col in ("service", "state", "pid", "memory", "address", "log"):
         table.add_column(col, justify="right" if col == "memory" else "left")
-    all_up, total_mb = True, 0.0
+    up_names, total_mb = set(), 0.0
     for svc in stack.services:
         up = stack.is_up(svc)
-        all_up &= up
+        if up:
+            up_names.add(svc.name)
         pid = stack.pid_of(svc)
         rss = tree_rss_mb(pid) if pid else 0.0
         total_mb += rss
@@ -31,7 +33,7 @@ def service_table(stack: NativeStack) -> tuple[Table, bool]:
             os.path.relpath(stack.log_file(svc.name)),
         )
     table.add_row("[bold]total[/bold]", "", "", f"{total_mb:,.0f} MiB", "", "")
-    return table, all_up
+    return table, up_names
 
 
 def topic_table(stack: NativeStack) -> Table:
@@ -133,10 +135,10 @@ def function_table(stack: NativeStack) -> Table:
 
 def print_status(stack: NativeStack) -> int:
     console = Console()
-    services, all_up = service_table(stack)
+    services, up = service_table(stack)
+    all_up = len(up) == len(stack.services)
     console.print(services)
     console.print(function_table(stack))
-    up = {svc.name for svc in stack.services if stack.is_up(svc)}
     sections = [
         ("kafka", lambda: [topic_table(stack)]),
         ("connect", lambda: connect_tables(stack)),
