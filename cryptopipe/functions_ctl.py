@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
-from cryptopipe.settings import ROOT, Settings, load_settings
-from cryptopipe.stack import process_exists
+from cryptopipe.settings import Settings, load_settings
+from cryptopipe.stack import process_exists, spawn
 
 MODULES = {
     "source": "functions.binance_source.source",
@@ -42,13 +41,8 @@ def start(settings: Settings, name: str, args: list[str] | None = None, env: dic
     pid = running_pid(settings, name)
     if pid is not None:
         return pid
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    pid_file(settings, name).parent.mkdir(parents=True, exist_ok=True)
-    with open(settings.logs_dir / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", MODULES[name], *(args or [])], cwd=ROOT,
-                                env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    pid_file(settings, name).write_text(str(proc.pid))
+    proc = spawn([sys.executable, "-m", MODULES[name], *(args or [])], settings.logs_dir / f"{name}.log",
+                 pid_file(settings, name), env)
     # Until exec completes, /proc shows the parent's command line: wait for it, so running_pid is right.
     deadline = time.monotonic() + 10
     while running_pid(settings, name) is None and proc.poll() is None and time.monotonic() < deadline:

@@ -77,6 +77,17 @@ def process_exists(pid: int) -> bool:
         return False
 
 
+def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process in its own session, output appended to its log, pid recorded in its pid file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pid_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    pid_path.write_text(f"{proc.pid}\n")
+    return proc
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
     children: dict[int, list[int]] = {}
@@ -150,13 +161,7 @@ class NativeStack:
         return pid if svc.marker in cmdline else None
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file(name), "ab") as log:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                env={**os.environ, **(env or {})}, start_new_session=True,
-            )
-        self.pid_file(name).write_text(f"{proc.pid}\n")
+        spawn(argv, self.log_file(name), self.pid_file(name), env)
 
     def terminate(self, svc: Service, timeout: float = 60.0) -> None:
         pid = self.pid_of(svc)
