@@ -44,11 +44,11 @@ def throughput(workdir: Path) -> None:
         thread.start()
         # Steady state: from the first acknowledged trade to the last; start-up (exchangeInfo, resume
         # scan) is reported on its own.
-        while source.counters.values["trades_produced"] == 0:
+        while source.counters["trades_produced"] == 0:
             time.sleep(0.0005)
         start = time.perf_counter()
-        first = source.counters.values["trades_produced"]
-        while source.counters.values["trades_produced"] < total:
+        first = source.counters["trades_produced"]
+        while source.counters["trades_produced"] < total:
             time.sleep(0.002)
         elapsed = time.perf_counter() - start
         startup = start - launched

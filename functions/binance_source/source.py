@@ -105,21 +105,13 @@ class SymbolState:
     stuck_count: int = 0
 
 
-@dataclass
-class Counters:
-    values: Counter = field(default_factory=Counter)
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.values[name] += n
-
-
 class BinanceSource:
     """Polls the symbols in `settings` and produces their trades until `stop()` is called."""
 
     def __init__(self, settings: Settings, producer: Producer | None = None):
         self.s = settings
         self.stopping = False
-        self.counters = Counters()
+        self.counters: Counter = Counter()
         self.gate = WeightGate(settings.binance_weight_limit, settings.binance_weight_share,
                                settings.binance_weight_window_s)
         self.client = BinanceClient(settings.binance_base_url, self.gate, settings.binance_connect_timeout_s,
@@ -153,7 +145,7 @@ class BinanceSource:
         for symbol in self.s.symbols:
             if symbol not in listed:
                 log.error("symbol %s is not listed by %s/api/v3/exchangeInfo: skipping it", symbol, self.s.binance_base_url)
-                self.counters.add("unknown_symbols")
+                self.counters["unknown_symbols"] += 1
             else:
                 self.states[symbol] = SymbolState(symbol)
         if not self.states:
@@ -188,7 +180,7 @@ class BinanceSource:
         try:
             agg_id = trade_value(state.symbol, rows[0])[0]
         except BadTrade as err:
-            self.counters.add("bad_items")
+            self.counters["bad_items"] += 1
             self.dead_letter(state.symbol, json.dumps(rows[0]).encode(), str(err))
             return
         state.cursor = state.fetch_from = agg_id if self.start_time is not None else agg_id + 1
@@ -239,11 +231,11 @@ class BinanceSource:
                 self.dead_letter(state.symbol, json.dumps(body).encode(), "answer is not a JSON list")
                 raise TransientError(f"answer is a {type(body).__name__}, not a list")
         except RateLimited as err:
-            self.counters.add(f"http_{err.status}")
+            self.counters[f"http_{err.status}"] += 1
             log.warning("%s: rate limited, sending nothing for %g s: %s", state.symbol, err.retry_after, err)
             return None
         except TransientError as err:
-            self.counters.add("transient_errors")
+            self.counters["transient_errors"] += 1
             if err.body is not None:
                 self.dead_letter(state.symbol, err.body[:100_000], "non-JSON body")
             state.failures += 1
@@ -251,7 +243,7 @@ class BinanceSource:
             log.warning("%s: %s; retry in %.1f s", state.symbol, err, state.next_poll - now)
             return None
         except BinanceError as err:
-            self.counters.add("binance_errors")
+            self.counters["binance_errors"] += 1
             if err.code == -1121:
                 log.error("%s: the exchange says invalid symbol; dropping it", state.symbol)
                 del self.states[state.symbol]
@@ -273,17 +265,17 @@ class BinanceSource:
             try:
                 agg_id, trade_time, value = trade_value(state.symbol, item)
             except BadTrade as err:
-                self.counters.add("bad_items")
+                self.counters["bad_items"] += 1
                 self.dead_letter(state.symbol, json.dumps(item).encode(), str(err))
                 problem, skip_to = f"malformed item at id {expected}: {err}", expected + 1
                 break
             if agg_id < expected:
-                self.counters.add("ids_backwards")
+                self.counters["ids_backwards"] += 1
                 log.warning("%s: id %d is behind the cursor %d (duplicate or out of order); skipped",
                             state.symbol, agg_id, expected)
                 continue
             if agg_id > expected:
-                self.counters.add("holes")
+                self.counters["holes"] += 1
                 problem, skip_to = f"hole: expected id {expected}, got {agg_id}", agg_id
                 break
             good.append((agg_id, trade_time, value))
@@ -302,7 +294,7 @@ class BinanceSource:
         else:
             state.stuck_at, state.stuck_count = expected, 1
         if state.stuck_count >= MAX_SAME_FAILURE:
-            self.counters.add("ids_given_up")
+            self.counters["ids_given_up"] += 1
             log.error("%s: %s, %d times in a row; giving up ids %d..%d and moving on", state.symbol, problem,
                       state.stuck_count, expected, skip_to - 1)
             state.stuck_at = None
@@ -337,12 +329,12 @@ class BinanceSource:
         state.cursor = agg_id + 1
         state.produced += 1
         state.newest_time = trade_time
-        self.counters.values["trades_produced"] += 1
+        self.counters["trades_produced"] += 1
 
     def recover(self, state: SymbolState) -> None:
         """After a failed delivery: wait for what is in flight, then continue after what Kafka really holds."""
         self.producer.flush(30)
-        self.counters.add("delivery_failures")
+        self.counters["delivery_failures"] += 1
         newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.source_topic, [state.symbol])
         log.error("%s: delivery failed (%s); continuing after agg id %s, the newest in Kafka", state.symbol,
                   "; ".join(self.delivery_errors[:3]), newest.get(state.symbol))
@@ -355,7 +347,7 @@ class BinanceSource:
 
     def dead_letter(self, symbol: str, value: bytes, reason: str) -> None:
         log.warning("%s: to %s: %s", symbol, self.s.source_dlq_topic, reason)
-        self.counters.add("dead_letters")
+        self.counters["dead_letters"] += 1
         self.producer.produce(self.s.source_dlq_topic, value=value, key=symbol.encode(), headers=[
             ("error.reason", reason.encode()), ("error.component", b"binance-source"),
             ("error.symbol", symbol.encode()), ("error.base_url", self.s.binance_base_url.encode()),
@@ -391,7 +383,7 @@ class BinanceSource:
             "weight_used": self.gate.used,
             "weight_budget": self.gate.budget,
             "weight_limit": self.gate.limit,
-            "counters": dict(self.counters.values),
+            "counters": dict(self.counters),
             "symbols": {
                 st.symbol: {"cursor": st.cursor, "produced": st.produced, "rate_per_s": round(st.rate, 2),
                             "lag_ms": now_ms - st.newest_time if st.newest_time else None}
@@ -410,7 +402,7 @@ class BinanceSource:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         tmp.replace(path)
-        log.info("produced %d trades; weight %d/%d; %s", self.counters.values["trades_produced"],
+        log.info("produced %d trades; weight %d/%d; %s", self.counters["trades_produced"],
                  status["weight_used"], status["weight_budget"],
                  ", ".join(f"{s} lag {v['lag_ms'] / 1000:.1f}s" if v["lag_ms"] is not None else f"{s} no trade yet"
                            for s, v in status["symbols"].items()))
@@ -423,7 +415,7 @@ class BinanceSource:
         self.producer.flush(30)
         self.client.close()
         self.maybe_report(force=True)
-        log.info("stopped; counters: %s", dict(self.counters.values))
+        log.info("stopped; counters: %s", dict(self.counters))
 
 
 def main() -> int:
