@@ -108,8 +108,21 @@ class Settings(BaseSettings):
     # make demo: how long to wait for the pipeline to catch up with the tape.
     demo_timeout_s: float = 600.0
 
-    # Web UIs and servers that only the docker-compose twin runs (ksqlDB, Kafka UI) or later issues add.
+    # Airflow (api-server, scheduler, dag-processor, triggerer): metadata in the `airflow` database of the same
+    # PostgreSQL, UI and REST API on airflow_host:airflow_port behind a login (user airflow_admin_user).
+    airflow_host: str = "127.0.0.1"
     airflow_port: int = 8080
+    airflow_admin_user: str = "admin"
+    airflow_admin_password: SecretStr
+    airflow_db_password: SecretStr
+    # Signs the tokens the api-server hands to task processes; every Airflow process needs the same one.
+    airflow_jwt_secret: SecretStr
+    # Task slots on this machine (LocalExecutor).
+    airflow_parallelism: int = Field(default=4, ge=1)
+    # Where crypto_reports writes its HTML reports.
+    reports_dir: Path = ROOT / "reports"
+
+    # Servers that only the docker-compose twin runs: ksqlDB, Kafka UI.
     ksqldb_host: str = "127.0.0.1"
     ksqldb_port: int = 8088
     kafka_ui_port: int = 9000
@@ -128,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.connect_host}:{self.connect_port}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.airflow_host}:{self.airflow_port}"
 
     @property
     def ksqldb_url(self) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cryptopipe import airflow_services
 from cryptopipe.settings import ROOT, Settings, load_settings
 
 CONFIG_DIR = ROOT / "stack" / "config"
@@ -39,12 +40,14 @@ class StackError(Exception):
 @dataclass
 class Service:
     name: str
-    port: int
+    port: int | None  # None: listens nowhere of its own (Airflow's scheduler, dag-processor, triggerer)
     port_var: str  # the setting that moves it, named in error messages
     marker: str  # a string in the process's command line, so a recycled pid is never taken for ours
     start: Callable[[], None]
     ready: Callable[[], bool]
     stop: Callable[[], None] | None = None
+    # Independent of the services after it: start those without waiting, check this one at the end.
+    wait_later: bool = False
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -138,6 +141,11 @@ class NativeStack:
             Service("kafka", settings.kafka_port, "KAFKA_PORT", "kafka.Kafka", self.start_kafka, self.kafka_ready),
             Service("connect", settings.connect_port, "CONNECT_PORT", "ConnectDistributed", self.start_connect,
                     self.connect_ready),
+            Service("airflow-api", settings.airflow_port, "AIRFLOW_PORT", "airflow api", self.start_airflow_api,
+                    self.airflow_api_ready),
+            *[Service(name, None, "", f"airflow {name.removeprefix('airflow-')}", self.airflow_starter(name),
+                      self.airflow_component_ready(component), wait_later=True)
+              for name, component in airflow_services.COMPONENTS.items()],
         ]
 
     # ---- process bookkeeping -------------------------------------------------------------------
@@ -214,7 +222,7 @@ class NativeStack:
         """The services to start; fails before starting anything when a port is taken or a binary missing."""
         todo = [svc for svc in self.services if self.pid_of(svc) is None]
         for svc in todo:
-            if port_open("127.0.0.1", svc.port):
+            if svc.port is not None and port_open("127.0.0.1", svc.port):
                 raise StackError(
                     f"Port {svc.port} for {svc.name} is already in use by a process this stack did not start. "
                     f"Stop that process, or set {svc.port_var} in .env to a free port."
@@ -230,6 +238,8 @@ class NativeStack:
             raise StackError("redis-server not found: run `make setup` (as root it installs redis-server).")
         if "postgres" in names:
             self.check_postgres_data(self.pg_bindir())
+        if any(name.startswith("airflow") for name in names) and not Path(airflow_services.AIRFLOW_BIN).exists():
+            raise StackError(f"{airflow_services.AIRFLOW_BIN} not found: run `make setup` (it installs Airflow).")
         return todo
 
     # ---- PostgreSQL ----------------------------------------------------------------------------
@@ -394,20 +404,61 @@ class NativeStack:
         # /connectors answers only once the worker has joined its group and read the config topic.
         return requests.get(f"{self.s.connect_url}/connectors", timeout=2).status_code == 200
 
+    # ---- Airflow -------------------------------------------------------------------------------
+
+    def start_airflow_api(self) -> None:
+        from cryptopipe.db import admin_connect
+
+        conn = admin_connect(self.s)
+        try:
+            airflow_services.ensure_database(conn, self.s)
+        finally:
+            conn.close()
+        if airflow_services.migrate(self.s, self.log_file("airflow-api")):
+            print("  airflow    metadata database migrated")
+        airflow_services.write_passwords(self.s)
+        self.spawn("airflow-api", [airflow_services.AIRFLOW_BIN, "api-server"], env=airflow_services.environment(self.s))
+
+    def airflow_api_ready(self) -> bool:
+        import requests
+
+        return requests.get(f"{self.s.airflow_url}/api/v2/monitor/health", timeout=2).status_code == 200
+
+    def airflow_starter(self, name: str) -> Callable[[], None]:
+        argv = [airflow_services.AIRFLOW_BIN, name.removeprefix("airflow-")]
+        if name != "airflow-dag-processor":
+            # Its log server binds every interface and is not needed: all processes share logs/airflow.
+            argv.append("--skip-serve-logs")
+        return lambda: self.spawn(name, argv, env=airflow_services.environment(self.s))
+
+    def airflow_component_ready(self, component: str) -> Callable[[], bool]:
+        return lambda: airflow_services.component_healthy(self.s, component)
+
     # ---- the commands --------------------------------------------------------------------------
 
     def up(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         todo = self.preflight()
+        pending: list[tuple[Service, float]] = []
         for svc in self.services:
             if svc not in todo:
                 print(f"  {svc.name:<10} already running (pid {self.pid_of(svc)})")
                 continue
             started = time.monotonic()
             svc.start()
+            if svc.wait_later:
+                pending.append((svc, started))
+                continue
             wait_until(svc.name, svc.ready, self.s.start_timeout_s, self.log_file(svc.name))
-            print(f"  {svc.name:<10} up on 127.0.0.1:{svc.port} ({time.monotonic() - started:.1f} s)")
+            print(f"  {svc.name:<10} up on {self.address(svc)} ({time.monotonic() - started:.1f} s)")
+        for svc, started in pending:
+            wait_until(svc.name, svc.ready, self.s.start_timeout_s, self.log_file(svc.name))
+            print(f"  {svc.name:<10} up ({time.monotonic() - started:.1f} s)")
+
+    @staticmethod
+    def address(svc: Service) -> str:
+        return f"127.0.0.1:{svc.port}" if svc.port is not None else "-"
 
     def down(self) -> None:
         for svc in reversed(self.services):

@@ -15,7 +15,7 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
     """The services table, and the names of the services that answered."""
     table = Table(title="Services", title_justify="left")
     for col in ("service", "state", "pid", "memory", "address", "log"):
-        table.add_column(col, justify="right" if col == "memory" else "left")
+        table.add_column(col, justify="right" if col == "memory" else "left", no_wrap=col != "log")
     up_names, total_mb = set(), 0.0
     for svc in stack.services:
         up = stack.is_up(svc)
@@ -29,7 +29,7 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
             "[green]up[/green]" if up else "[red]down[/red]",
             str(pid or "-"),
             f"{rss:,.0f} MiB" if pid else "-",
-            f"127.0.0.1:{svc.port}",
+            stack.address(svc),
             os.path.relpath(stack.log_file(svc.name)),
         )
     table.add_row("[bold]total[/bold]", "", "", f"{total_mb:,.0f} MiB", "", "")
@@ -133,6 +133,31 @@ def function_table(stack: NativeStack) -> Table:
     return table
 
 
+def airflow_table(stack: NativeStack) -> Table:
+    import requests
+
+    from cryptopipe import airflow_services
+
+    s = stack.s
+    table = Table(title=f"Airflow: {s.airflow_url} (user {s.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD "
+                        "in .env)", title_justify="left")
+    for col in ("DAG", "paused", "schedule", "last run", "state"):
+        table.add_column(col)
+    headers = {"Authorization": f"Bearer {airflow_services.token(s)}"}
+    dags = requests.get(f"{s.airflow_url}/api/v2/dags", headers=headers, timeout=5).json()["dags"]
+    for dag in sorted(dags, key=lambda d: d["dag_id"]):
+        runs = requests.get(f"{s.airflow_url}/api/v2/dags/{dag['dag_id']}/dagRuns", headers=headers, timeout=5,
+                            params={"order_by": "-run_after", "limit": 1}).json().get("dag_runs", [])
+        last = runs[0] if runs else {}
+        state = last.get("state", "-")
+        colour = {"success": "green", "failed": "red"}.get(state, "yellow")
+        table.add_row(dag["dag_id"], "yes" if dag["is_paused"] else "no", str(dag.get("timetable_summary") or "-"),
+                      str(last.get("run_after") or "-")[:19], f"[{colour}]{state}[/{colour}]" if last else "-")
+    if not dags:
+        table.add_row("(no DAG parsed yet)", "", "", "", "")
+    return table
+
+
 def print_status(stack: NativeStack) -> int:
     console = Console()
     services, up = service_table(stack)
@@ -144,6 +169,7 @@ def print_status(stack: NativeStack) -> int:
         ("connect", lambda: connect_tables(stack)),
         ("postgres", lambda: [postgres_table(stack)]),
         ("redis", lambda: [redis_table(stack)]),
+        ("airflow-api", lambda: [airflow_table(stack)]),
         ("kafka", lambda: [t for t in [source_table(stack)] if t is not None]),
     ]
     for name, build in sections:

@@ -18,6 +18,8 @@ command -v mvn >/dev/null || missing+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql-15)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v runuser >/dev/null || missing+=(util-linux)
+# Headless Chromium takes the Airflow UI screenshot in the tests.
+command -v chromium >/dev/null || missing+=(chromium)
 "$PYTHON" -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/dev/null || missing+=(python3 python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -67,14 +69,20 @@ else
 fi
 
 # ---- .env with generated secrets ---------------------------------------------------------------
-if [ ! -f .env ]; then
-  say "writing .env from .env.example with generated passwords"
-  .venv/bin/python - <<'PY'
-import re, secrets
-text = open(".env.example").read()
-text = re.sub(r"=change-me\b", lambda _: "=" + secrets.token_urlsafe(18), text)
-open(".env", "w").write(text)
+# A fresh .env from .env.example; an existing one only gains the secrets it lacks (added by a newer version).
+.venv/bin/python - <<'PY'
+import os, re, secrets
+example = open(".env.example").read()
+if not os.path.exists(".env"):
+    print("\033[1m==> writing .env from .env.example with generated passwords\033[0m")
+    open(".env", "w").write(re.sub(r"=change-me\b", lambda _: "=" + secrets.token_urlsafe(18), example))
+else:
+    have = set(re.findall(r"^([A-Z_]+)=", open(".env").read(), flags=re.M))
+    lacking = [k for k in re.findall(r"^([A-Z_]+)=change-me\b", example, flags=re.M) if k not in have]
+    if lacking:
+        print(f"\033[1m==> adding generated secrets to .env: {', '.join(lacking)}\033[0m")
+        with open(".env", "a") as env:
+            env.write("".join(f"{k}={secrets.token_urlsafe(18)}\n" for k in lacking))
+os.chmod(".env", 0o600)
 PY
-  chmod 600 .env
-fi
 say "setup done"

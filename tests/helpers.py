@@ -18,6 +18,10 @@ from cryptopipe.settings import ROOT
 
 TAPES = ROOT / "data" / "binance"
 
+# The secrets a Settings needs, for tests that build one without .env.
+SECRETS = {"pg_writer_password": "w", "pg_reader_password": "r", "airflow_admin_password": "a",
+           "airflow_db_password": "d", "airflow_jwt_secret": "j"}
+
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.25):
     deadline = time.monotonic() + timeout

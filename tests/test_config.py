@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from cryptopipe import topics
 from cryptopipe.settings import ROOT, Settings
 from cryptopipe.stack import read_properties, write_properties
+from tests.helpers import SECRETS
 
-SECRETS = {"pg_writer_password": "w", "pg_reader_password": "r"}
 
 
 def test_defaults_are_the_native_contract(monkeypatch):

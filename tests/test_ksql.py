@@ -10,9 +10,9 @@ import pytest
 from cryptopipe import schemas
 from cryptopipe.ksql_deploy import KSQL_DIR, deploy, render, split_statements, threshold_case
 from cryptopipe.settings import Settings
+from tests.helpers import SECRETS
 
-SETTINGS = Settings(_env_file=None, pg_writer_password="w", pg_reader_password="r",
-                    alert_move_pct_symbols="BTCUSDT:0.5,XRPETH:2")
+SETTINGS = Settings(_env_file=None, **SECRETS, alert_move_pct_symbols="BTCUSDT:0.5,XRPETH:2")
 
 
 def top_level_split(text: str) -> list[str]:

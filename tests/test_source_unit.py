@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cryptopipe.settings import Settings
+from tests.helpers import SECRETS
 from functions.binance_source.client import WeightGate
 from functions.binance_source.resume import murmur2, partition_for
 from functions.binance_source.source import BadTrade, BinanceSource, SymbolState, parse_start_time, trade_value
@@ -87,8 +88,7 @@ def test_gate_sends_nothing_while_paused_and_stops_at_once_on_shutdown():
 
 
 def test_busy_symbols_are_polled_more_often():
-    settings = Settings(_env_file=None, pg_writer_password="w", pg_reader_password="r",
-                        binance_symbols="BUSY,QUIET", source_min_poll_interval_s=0.01)
+    settings = Settings(_env_file=None, **SECRETS, binance_symbols="BUSY,QUIET", source_min_poll_interval_s=0.01)
     source = BinanceSource(settings, producer=object())
     source.states = {"BUSY": SymbolState("BUSY", rate=50.0), "QUIET": SymbolState("QUIET", rate=0.01)}
     busy, quiet = source.interval(source.states["BUSY"]), source.interval(source.states["QUIET"])

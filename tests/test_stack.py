@@ -16,21 +16,23 @@ from cryptopipe.settings import ROOT, Settings
 from cryptopipe.stack import NativeStack, StackError, process_exists
 
 from .conftest import free_port
+from .helpers import SECRETS
 
 
 def scratch_settings(tmp_path, **overrides) -> Settings:
     """Settings for a second, never-started stack: its own folders and free ports."""
     values = dict(
         var_dir=tmp_path / "var", logs_dir=tmp_path / "logs", pg_port=free_port(), redis_port=free_port(),
-        kafka_port=free_port(), kafka_controller_port=free_port(), connect_port=free_port(),
-        pg_writer_password="w", pg_reader_password="r",
+        kafka_port=free_port(), kafka_controller_port=free_port(), connect_port=free_port(), airflow_port=free_port(),
+        **SECRETS,
     )
     return Settings(_env_file=None, **(values | overrides))
 
 
 def scratch_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    for field in ("var_dir", "logs_dir", "pg_port", "redis_port", "kafka_port", "kafka_controller_port", "connect_port"):
+    for field in ("var_dir", "logs_dir", "pg_port", "redis_port", "kafka_port", "kafka_controller_port", "connect_port",
+                  "airflow_port"):
         env[field.upper()] = str(getattr(settings, field))
     return env
 
