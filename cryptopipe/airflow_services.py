@@ -157,3 +157,47 @@ def token(settings: Settings) -> str:
         "username": settings.airflow_admin_user, "password": settings.airflow_admin_password.get_secret_value()})
     response.raise_for_status()
     return response.json()["access_token"]
+
+
+class AirflowClient:
+    """The few REST calls `make demo` needs: trigger a DAG run with a conf and wait for its outcome."""
+
+    def __init__(self, settings: Settings):
+        import requests
+
+        self.base = f"{settings.airflow_url}/api/v2"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token(settings)}"
+
+    def call(self, method: str, path: str, **kwargs) -> dict:
+        response = self.http.request(method, f"{self.base}{path}", timeout=15, **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(f"Airflow {method} {path}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def wait_for_dag(self, dag_id: str, timeout: float) -> dict:
+        """The DAG once the dag-processor has parsed it (a fresh stack parses within its refresh interval)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.call("GET", f"/dags/{dag_id}")
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        run = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        return run["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")["state"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")["task_instances"]
+        return {ti["task_id"]: ti["state"] for ti in tis}

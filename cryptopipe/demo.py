@@ -75,7 +75,51 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
     finally:
         for name in reversed(names):
             functions_ctl.stop(settings, name)
-    return summary(settings, tapes, symbols, console) if ok else 1
+    if not ok:
+        return 1
+    dag_runs = run_dags(settings, symbols, console)
+    return summary(settings, tapes, symbols, dag_runs, console)
+
+
+DAGS = ("data_quality_check", "crypto_reports")
+
+
+def run_dags(settings: Settings, symbols: list[str], console: Console) -> dict[str, dict]:
+    """Trigger the quality checks and the report in the running Airflow, over the minutes the tape filled.
+
+    A paused DAG's runs wait in the queue, so each is unpaused for its run and paused again after (the
+    scheduler may add its own hourly run while it is unpaused)."""
+    from cryptopipe.airflow_services import AirflowClient
+
+    start, end = pg(settings, "SELECT min(window_start), max(window_start) + interval '1 minute' FROM candles_1m "
+                              "WHERE symbol = ANY(%s)", (symbols,))[0]
+    conf = {"start": start.isoformat(), "end": end.isoformat(), "symbols": symbols}
+    client = AirflowClient(settings)
+    runs: dict[str, dict] = {}
+    paused = {dag_id: client.wait_for_dag(dag_id, timeout=120)["is_paused"] for dag_id in DAGS}
+    columns = (TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            for dag_id in DAGS:
+                if paused[dag_id]:
+                    client.set_paused(dag_id, False)
+                run_id = client.trigger(dag_id, conf)
+                runs[dag_id] = {"run_id": run_id, "state": "queued",
+                                "bar": progress.add_task(f"Airflow {dag_id}", total=None)}
+            deadline = time.monotonic() + settings.demo_timeout_s
+            while time.monotonic() < deadline and any(r["state"] not in ("success", "failed") for r in runs.values()):
+                for dag_id, run in runs.items():
+                    run["state"] = client.run_state(dag_id, run["run_id"])
+                    run["tasks"] = client.task_states(dag_id, run["run_id"])
+                    done = sum(state in ("success", "failed", "skipped", "upstream_failed")
+                               for state in run["tasks"].values())
+                    progress.update(run["bar"], total=len(run["tasks"]), completed=done)
+                time.sleep(2)
+    finally:
+        for dag_id, was_paused in paused.items():
+            if was_paused:
+                client.set_paused(dag_id, True)
+    return runs
 
 
 def check_alive(settings: Settings, names) -> None:
@@ -121,11 +165,14 @@ def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
     return pg(settings, CHECK_SQL.read_text(), {"symbols": symbols, "start": "-infinity", "end": "infinity"})
 
 
-def summary(settings: Settings, tapes, symbols, console: Console) -> int:
+def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], console: Console) -> int:
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    checks = pg(settings, "SELECT check_name, passed, detail FROM quality_results WHERE run_id = %s ORDER BY check_name",
+                (dag_runs["data_quality_check"]["run_id"],))
+    passed = sum(ok for _, ok, _ in checks)
     table = Table(title="Demo summary", title_justify="left")
     for col in ("symbol", "trades in tape", "rows in trades", "candles", "alerts", "last price (tape)",
-                "last price (Redis)", "check"):
+                "last price (Redis)", "quality checks", "check"):
         table.add_column(col, justify="left" if col in ("symbol", "check") else "right")
     all_ok = True
     for s in symbols:
@@ -139,9 +186,10 @@ def summary(settings: Settings, tapes, symbols, console: Console) -> int:
               and price.get("agg_id") == str(last["a"]) and Decimal(price.get("price", "0")) == Decimal(last["p"]))
         all_ok &= ok
         table.add_row(s, f"{len(tape.ids):,}", f"{rows[0]:,}", f"{n_candles:,}", str(n_alerts), last["p"],
-                      price.get("price", "-"), "[green]ok[/green]" if ok else "[red]MISMATCH[/red]")
+                      price.get("price", "-"), f"{passed}/{len(checks)}", "[green]ok[/green]" if ok else "[red]MISMATCH[/red]")
     problems = candle_problems(settings, symbols)
     console.print(table)
+    all_ok &= airflow_summary(settings, dag_runs, checks, console)
     if problems:
         all_ok = False
         console.print("[red]candles differ from those recomputed from trades:[/red]")
@@ -149,19 +197,42 @@ def summary(settings: Settings, tapes, symbols, console: Console) -> int:
             console.print(f"  {row}")
     else:
         console.print("candles_1m equals the candles recomputed from the trades table, minute by minute.")
+    console.print(f"Airflow UI: {settings.airflow_url} (user {settings.airflow_admin_user}, password "
+                  "AIRFLOW_ADMIN_PASSWORD in .env)")
     console.print(f"Kafka Connect REST: {settings.connect_url}/connectors?expand=status")
     console.print(f"PostgreSQL: postgresql://crypto:***@{settings.pg_host}:{settings.pg_port}/{settings.pg_database}")
     console.print(f"Redis: redis-cli -p {settings.redis_port} hgetall price:{symbols[0]}")
-    console.print("Logs: logs/source.log, logs/stream.log, logs/redis-sink.log, logs/replay.log")
+    console.print("Logs: logs/source.log, logs/stream.log, logs/redis-sink.log, logs/alert-notifier.log, "
+                  "logs/replay.log, logs/airflow/ (task logs)")
     console.print("[green]demo OK: the numbers agree end to end[/green]" if all_ok
                   else "[red]demo FAILED: the numbers do not agree[/red]")
     return 0 if all_ok else 1
 
 
+def airflow_summary(settings: Settings, dag_runs: dict[str, dict], checks: list[tuple], console: Console) -> bool:
+    """The two DAG runs, the quality checks and the report's files; True when both runs succeeded."""
+    table = Table(title="Quality checks (data_quality_check in Airflow)", title_justify="left")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for name, ok, detail in checks:
+        table.add_row(name, "[green]passed[/green]" if ok else "[red]FAILED[/red]", (detail or "")[:100])
+    console.print(table)
+    reports = pg(settings, "SELECT period, path FROM reports WHERE run_id = %s ORDER BY period",
+                 (dag_runs["crypto_reports"]["run_id"],))
+    for period, path in reports:
+        console.print(f"Report ({period}): {path}")
+    for dag_id, run in dag_runs.items():
+        colour = "green" if run["state"] == "success" else "red"
+        console.print(f"Airflow run {dag_id} {run['run_id']}: [{colour}]{run['state']}[/{colour}] "
+                      f"({settings.airflow_url}/dags/{dag_id}/runs/{run['run_id']})")
+    return all(run["state"] == "success" for run in dag_runs.values()) and bool(checks) and bool(reports)
+
+
 def main() -> int:
     settings = load_settings()
     tape = Path(os.environ.get("TAPE") or settings.replay_tape_dir).resolve()
-    console = Console(soft_wrap=True)  # long paths and messages stay on one line, greppable
+    # Long paths and messages stay on one line, greppable; piped (CI, a log file), the tables get room too.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
         load_tapes(tape)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import string
 import subprocess
+from pathlib import Path
 
 import psycopg2
 
@@ -24,6 +26,7 @@ def test_make_demo_on_the_bundled_tapes_agrees_end_to_end(stack, settings):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo OK: the numbers agree end to end" in result.stdout
     # Independently of the demo's own checks: every tape trade is one row.
+    out = result.stdout
     conn = psycopg2.connect(**settings.pg_params("reader"))
     with conn.cursor() as cur:
         for name, symbol in [("btcusdt_aggtrades_20210404.json", "BTCUSDT"), ("xrpeth_aggtrades_20191011-13.json", "XRPETH")]:
@@ -31,7 +34,23 @@ def test_make_demo_on_the_bundled_tapes_agrees_end_to_end(stack, settings):
             cur.execute("SELECT count(*), count(DISTINCT agg_id), min(agg_id), max(agg_id) FROM trades WHERE symbol = %s",
                         (symbol,))
             assert cur.fetchone() == (len(ids), len(ids), ids[0], ids[-1])
+            # The summary's row says the same: trades in the tape, rows in trades, every quality check passed.
+            row = next(line for line in out.splitlines() if line.startswith(f"│ {symbol} "))
+            cells = [c.strip() for c in row.strip().strip("│").split("│")]
+            assert cells[1] == cells[2] == f"{len(ids):,}", row
+            assert cells[7] == "5/5", row
+        # The quality checks and the report ran in the running Airflow, and their results are where it says.
+        runs = dict(re.findall(r"^Airflow run (\w+) (\S+): success", out, flags=re.M))
+        assert set(runs) == {"data_quality_check", "crypto_reports"}, out[-3000:]
+        cur.execute("SELECT count(*), bool_and(passed) FROM quality_results WHERE run_id = %s",
+                    (runs["data_quality_check"],))
+        assert cur.fetchone() == (5, True)
+        cur.execute("SELECT path FROM reports WHERE run_id = %s", (runs["crypto_reports"],))
+        paths = [p for (p,) in cur.fetchall()]
     conn.close()
+    assert paths and all(f"): {p}" in out for p in paths)
+    html = Path(paths[0]).read_text()
+    assert all(symbol in html for symbol in ("BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH")) and "<svg" in html
     again = make_demo()  # twice in a row works
     assert again.returncode == 0 and "demo OK" in again.stdout, again.stdout[-3000:]
 
