@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink deploy-ksql deploy-connectors
+.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink alert-notifier deploy-ksql deploy-connectors
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ stream: ## run the stream function (candles, stats, alerts) in the foreground
 
 redis-sink: ## run the Redis sink function in the foreground
 	@.venv/bin/redis-sink
+
+alert-notifier: ## run the alert notification function (webhook, or the log only) in the foreground
+	@.venv/bin/alert-notifier
 
 deploy-connectors: ## create/update the JDBC sink connectors and wait for RUNNING (ARGS=--restart-failed)
 	@$(PY) -m cryptopipe.connectors $(ARGS)

@@ -1,6 +1,6 @@
 """Start and stop the pipeline's functions as background processes (pid files in var/run, logs in logs/).
 
-    python -m cryptopipe.functions_ctl start [name ...]     (make run starts all three)
+    python -m cryptopipe.functions_ctl start [name ...]     (make run starts the PIPELINE)
     python -m cryptopipe.functions_ctl stop [name ...]      (make stop; make down stops them too)
 """
 
@@ -18,9 +18,10 @@ MODULES = {
     "source": "functions.binance_source.source",
     "stream": "functions.stream_processor.app",
     "redis-sink": "functions.redis_sink.sink",
+    "alert-notifier": "functions.alert_notifier.notifier",
     "replay": "replay.server",
 }
-PIPELINE = ("stream", "redis-sink", "source")  # consumers first, so nothing waits on them
+PIPELINE = ("stream", "redis-sink", "alert-notifier", "source")  # consumers first, so nothing waits on them
 
 
 def pid_file(settings: Settings, name: str):
@@ -72,9 +73,9 @@ def main(argv: list[str]) -> int:
     names = argv[2:] or (PIPELINE if argv[1] == "start" else tuple(MODULES))
     for name in names:
         if argv[1] == "start":
-            print(f"  {name:<10} running (pid {start(settings, name)}), log: logs/{name}.log")
+            print(f"  {name:<14} running (pid {start(settings, name)}), log: logs/{name}.log")
         else:
-            print(f"  {name:<10} {'stopped' if stop(settings, name) else 'not running'}")
+            print(f"  {name:<14} {'stopped' if stop(settings, name) else 'not running'}")
     return 0
 
 

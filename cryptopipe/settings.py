@@ -98,6 +98,31 @@ class Settings(BaseSettings):
     redis_history_length: int = Field(default=100, ge=1)
     redis_stale_after_s: float = 60.0
 
+    # Alert notification function (functions/alert_notifier): crypto.alerts -> a Slack-compatible webhook
+    # and the log. An empty webhook URL means the log only.
+    alert_notifier_group: str = "crypto-alert-notifier"
+    alert_notifier_topic: str = "crypto.alerts"
+    alert_notifier_dlq_topic: str = "crypto.dlq.alert-notifier"
+    # Static group membership: a restarted notifier takes its partition back at once instead of waiting
+    # out the session timeout of its dead predecessor. Give each replica its own.
+    alert_notifier_instance_id: str = "0"
+    alert_webhook_url: str = ""
+    # One alert per symbol and rule within this many seconds of event time; 0 = no cooldown.
+    alert_cooldown_s: float = Field(default=300.0, ge=0)
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
+    alert_webhook_max_attempts: int = Field(default=5, ge=1)
+    # Total time one alert may spend in retries before it goes to the dead-letter topic.
+    alert_webhook_deadline_s: float = Field(default=60.0, gt=0)
+    alert_webhook_backoff_s: float = Field(default=0.5, gt=0)
+    alert_webhook_workers: int = Field(default=2, ge=1)
+    # Alerts being delivered at once; past it the consumer pauses until some are done.
+    alert_max_in_flight: int = Field(default=100, ge=1)
+    # Alerts whose window started longer ago than this are not sent (old history, a long outage); 0 = all.
+    alert_max_age_s: float = Field(default=3600.0, ge=0)
+    # How long Redis remembers a delivered alert id, so a re-emitted id is not sent again.
+    alert_sent_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    alert_redis_prefix: str = "alert:"
+
     # Replay server (replay/): a local Binance on recorded tapes.
     replay_port: int = 8900
     replay_tape_dir: Path = ROOT / "data" / "binance"

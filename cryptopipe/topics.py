@@ -47,7 +47,7 @@ def dlq(component: str) -> str:
 
 
 # Components that own a dead-letter topic: the functions and one per JDBC sink connector.
-DLQ_COMPONENTS = ("source", "stream", "redis-sink", "alerts", "jdbc-trades", "jdbc-candles", "jdbc-alerts", "jdbc-stats")
+DLQ_COMPONENTS = ("source", "stream", "redis-sink", "alerts", "alert-notifier", "jdbc-trades", "jdbc-candles", "jdbc-alerts", "jdbc-stats")
 
 # Symbols are the key, so three partitions spread symbols over up to three consumers per group.
 TOPICS: tuple[Topic, ...] = (

@@ -1,0 +1,1 @@
+"""Kafka `crypto.alerts` -> a Slack-compatible webhook and the log, each alert once, with a cooldown."""
