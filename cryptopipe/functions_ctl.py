@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+from cryptopipe.logs import LOG_FILE_VAR
 from cryptopipe.settings import Settings, load_settings
 from cryptopipe.stack import process_exists, spawn
 
@@ -42,8 +43,11 @@ def start(settings: Settings, name: str, args: list[str] | None = None, env: dic
     pid = running_pid(settings, name)
     if pid is not None:
         return pid
-    proc = spawn([sys.executable, "-m", MODULES[name], *(args or [])], settings.logs_dir / f"{name}.log",
-                 pid_file(settings, name), env)
+    # Records go to logs/<name>.log (rotated by the function); the process's own stdout and stderr, which
+    # only a crash before logging starts or a library's print reaches, to logs/<name>.out.
+    log_env = {LOG_FILE_VAR: str(settings.logs_dir / f"{name}.log")}
+    proc = spawn([sys.executable, "-m", MODULES[name], *(args or [])], settings.logs_dir / f"{name}.out",
+                 pid_file(settings, name), {**log_env, **(env or {})})
     # Until exec completes, /proc shows the parent's command line: wait for it, so running_pid is right.
     deadline = time.monotonic() + 10
     while running_pid(settings, name) is None and proc.poll() is None and time.monotonic() < deadline:

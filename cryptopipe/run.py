@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 from typing import Callable, Protocol
 
+from cryptopipe.logs import setup_logging
 from cryptopipe.settings import Settings, load_settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Function(Protocol):
@@ -19,7 +18,7 @@ class Function(Protocol):
 
 def serve(build: Callable[[Settings], Function]) -> int:
     settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    setup_logging(settings)
     function = build(settings)
     signal.signal(signal.SIGTERM, function.stop)
     signal.signal(signal.SIGINT, function.stop)

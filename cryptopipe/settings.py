@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     ksqldb_port: int = 8088
     kafka_ui_port: int = 9000
 
+    # Function logs: level, `text` or `json` lines, and rotation of logs/<function>.log (bytes, files kept).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    log_max_bytes: int = Field(default=10_000_000, ge=10_000)
+    log_backups: int = Field(default=5, ge=1)
+
     # Readiness waits, seconds.
     start_timeout_s: float = Field(default=90.0, gt=0)
 

@@ -91,6 +91,18 @@ def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict[str, str] |
     return proc
 
 
+def rotate_at_start(path: Path, max_bytes: int, backups: int) -> None:
+    """For services that write their log through stdout (which cannot be reopened while they run): keep a
+    large log as <name>.1 (older ones shifted up to `backups`) before the service starts again."""
+    if not path.exists() or path.stat().st_size < max_bytes:
+        return
+    for i in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
     children: dict[int, list[int]] = {}
@@ -168,8 +180,11 @@ class NativeStack:
             return None
         return pid if svc.marker in cmdline else None
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        spawn(argv, self.log_file(name), self.pid_file(name), env)
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, stdout: Path | None = None) -> None:
+        """Start a service; its stdout goes to its log (rotated at each start when large), or to `stdout`."""
+        out = stdout or self.log_file(name)
+        rotate_at_start(out, self.s.log_max_bytes, self.s.log_backups)
+        spawn(argv, out, self.pid_file(name), env)
 
     def terminate(self, svc: Service, timeout: float = 60.0) -> None:
         pid = self.pid_of(svc)
@@ -339,6 +354,7 @@ class NativeStack:
         return [
             self.java(), "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={CONFIG_DIR / 'log4j2.properties'}", f"-Dcryptopipe.service={name}",
+            f"-Dcryptopipe.logs={self.logs}",
             "-cp", classpath,
         ]
 
@@ -364,7 +380,9 @@ class NativeStack:
                  "-t", cluster_id, "-c", str(conf), "-g"],
                 check=True, stdout=subprocess.DEVNULL,
             )
-        self.spawn("kafka", [*self.jvm("kafka", self.s.kafka_heap, classpath), "kafka.Kafka", str(conf)])
+        # log4j2 writes and rolls logs/kafka.log itself.
+        self.spawn("kafka", [*self.jvm("kafka", self.s.kafka_heap, classpath), "kafka.Kafka", str(conf)],
+                   stdout=self.logs / "kafka.out")
 
     def kafka_ready(self) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -396,7 +414,7 @@ class NativeStack:
         write_properties(conf, props)
         argv = [*self.jvm("connect", self.s.connect_heap, self.require_jars("connect")),
                 "org.apache.kafka.connect.cli.ConnectDistributed", str(conf)]
-        self.spawn("connect", argv, env=self.connect_env())
+        self.spawn("connect", argv, env=self.connect_env(), stdout=self.logs / "connect.out")
 
     def connect_ready(self) -> bool:
         import requests

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from cryptopipe.logs import setup_logging
 from replay.tape import INTERVAL_MS, SymbolTape, load_tapes
 
 log = logging.getLogger("replay")
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=60.0, help="weight window length (Binance: 60)")
     parser.add_argument("--ban-s", type=float, default=120.0, help="first ban length after ignoring a 429")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(s)
     shift = args.shift_minutes
     if args.shift_to_now:
         raw = load_tapes(args.tape)

@@ -29,7 +29,7 @@ from quixstreams import Application
 from quixstreams.models.serializers.json import JSONSerializer
 
 from cryptopipe import schemas
-from cryptopipe.run import LOG_FORMAT
+from cryptopipe.logs import setup_logging
 from cryptopipe.settings import Settings, load_settings
 from functions.stream_processor.windows import (
     AlertRules,
@@ -188,7 +188,7 @@ class StreamFunction:
 
 def main() -> int:
     settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    setup_logging(settings)
     StreamFunction(settings).run()  # Quix handles SIGTERM/SIGINT itself
     return 0
 
