@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 
 from rich.console import Console
@@ -37,15 +38,112 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
 
 
 def topic_table(stack: NativeStack) -> Table:
+    """The declared topics with their record counts; a dead-letter topic holding records shows red."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from cryptopipe import topics
+
+    consumer = Consumer({"bootstrap.servers": stack.s.kafka_bootstrap, "group.id": "cryptopipe-status"})
+    table = Table(title="Kafka topics (records = retained offsets)", title_justify="left")
+    for col in ("topic", "partitions", "records"):
+        table.add_column(col, justify="left" if col == "topic" else "right")
+    try:
+        present = consumer.list_topics(timeout=5).topics
+        for topic in topics.TOPICS:
+            if topic.name not in present:
+                table.add_row(topic.name, "-", "[red]missing[/red]")
+                continue
+            parts = present[topic.name].partitions
+            records = 0
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=5)
+                records += high - low
+            shown = f"{records:,}"
+            if topic.name.startswith("crypto.dlq.") and records:
+                shown = f"[red]{records:,}[/red]"
+            table.add_row(topic.name, str(len(parts)), shown)
+    finally:
+        consumer.close()
+    others = len([t for t in present if not t.startswith("_")]) - len(topics.TOPICS)
+    if others > 0:
+        table.caption = f"and {others} other topics (tests, benchmarks, internal state)"
+    return table
+
+
+def consumer_groups(stack: NativeStack) -> dict[str, str]:
+    """The pipeline's consumer groups and what reads with them."""
+    from cryptopipe.connectors import CONNECTOR_DIR
+
+    s = stack.s
+    groups = {s.stream_consumer_group: "stream", s.redis_sink_group: "redis-sink",
+              s.alert_notifier_group: "alert-notifier"}
+    # Kafka Connect names a sink connector's group connect-<connector>.
+    groups.update({f"connect-{path.stem}": f"connector {path.stem}" for path in sorted(CONNECTOR_DIR.glob("*.json"))})
+    return groups
+
+
+def lag_table(stack: NativeStack) -> Table:
+    """Per consumer group and topic: records not yet committed (end offset minus committed offset)."""
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": stack.s.kafka_bootstrap})
-    topics = admin.list_topics(timeout=5).topics
-    table = Table(title="Kafka topics", title_justify="left")
-    table.add_column("topic")
-    table.add_column("partitions", justify="right")
-    for name in sorted(t for t in topics if not t.startswith("_")):
-        table.add_row(name, str(len(topics[name].partitions)))
+    consumer = Consumer({"bootstrap.servers": stack.s.kafka_bootstrap, "group.id": "cryptopipe-status"})
+    table = Table(title="Consumer lag", title_justify="left")
+    for col in ("group", "reader", "topic", "lag"):
+        table.add_column(col, justify="right" if col == "lag" else "left")
+    try:
+        for group, reader in consumer_groups(stack).items():
+            future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+            committed = [tp for tp in future.result(timeout=10).topic_partitions if tp.offset >= 0]
+            if not committed:
+                table.add_row(group, reader, "-", "[yellow]no commits yet[/yellow]")
+                continue
+            lag: Counter = Counter()
+            for tp in committed:
+                _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
+                lag[tp.topic] += max(0, high - tp.offset)
+            for topic, n in sorted(lag.items()):
+                table.add_row(group, reader, topic, f"[{'green' if n == 0 else 'yellow'}]{n:,}[/]")
+    finally:
+        consumer.close()
+    return table
+
+
+def freshness_table(stack: NativeStack) -> Table:
+    """Per symbol: how old the newest trade in PostgreSQL, the newest candle and the Redis price are."""
+    import time
+
+    import psycopg2
+    import redis
+
+    now = time.time()
+
+    def age(epoch_s: float | None) -> str:
+        if epoch_s is None:
+            return "-"
+        seconds = now - epoch_s
+        return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h"
+
+    conn = psycopg2.connect(**stack.s.pg_params("reader"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""SELECT t.symbol, extract(epoch FROM t.last_trade), extract(epoch FROM c.last_candle)
+                           FROM (SELECT symbol, max(trade_time) AS last_trade FROM trades GROUP BY symbol) t
+                           LEFT JOIN (SELECT symbol, max(window_start) AS last_candle FROM candles_1m GROUP BY symbol) c
+                           USING (symbol) ORDER BY t.last_trade DESC LIMIT 20""")
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    client = redis.Redis.from_url(stack.s.redis_url, socket_timeout=2, decode_responses=True)
+    table = Table(title="Data freshness (age of the newest, event time; the 20 freshest symbols)", title_justify="left")
+    for col in ("symbol", "trade in PostgreSQL", "candle in PostgreSQL", "price in Redis", "Redis stale"):
+        table.add_column(col, justify="left" if col == "symbol" else "right")
+    for symbol, last_trade, last_candle in rows:
+        price = client.hgetall(f"price:{symbol}")
+        redis_t = int(price["trade_time"]) / 1000 if price.get("trade_time") else None
+        table.add_row(symbol, age(float(last_trade)), age(float(last_candle) if last_candle is not None else None),
+                      age(redis_t), {"1": "[yellow]yes[/yellow]", "0": "no"}.get(price.get("stale", ""), "-"))
     return table
 
 
@@ -159,16 +257,17 @@ def airflow_table(stack: NativeStack) -> Table:
 
 
 def print_status(stack: NativeStack) -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # piped, the tables still get room
     services, up = service_table(stack)
     all_up = len(up) == len(stack.services)
     console.print(services)
     console.print(function_table(stack))
     sections = [
-        ("kafka", lambda: [topic_table(stack)]),
+        ("kafka", lambda: [topic_table(stack), lag_table(stack)]),
         ("connect", lambda: connect_tables(stack)),
         ("postgres", lambda: [postgres_table(stack)]),
         ("redis", lambda: [redis_table(stack)]),
+        ("postgres", lambda: [freshness_table(stack)]),
         ("airflow-api", lambda: [airflow_table(stack)]),
         ("kafka", lambda: [t for t in [source_table(stack)] if t is not None]),
     ]
