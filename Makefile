@@ -56,5 +56,17 @@ deploy-connectors: ## create/update the JDBC sink connectors and wait for RUNNIN
 deploy-ksql: ## apply ksql/*.sql to ksqlDB (docker-compose); says so and succeeds when none is reachable
 	@$(PY) -m cryptopipe.ksql_deploy
 
+compose-up: ## docker-compose: build and start everything (ksqlDB, Kafka UI too), then deploy connectors and ksql
+	@docker compose version >/dev/null 2>&1 || { echo "error: \`docker compose\` not found: install Docker Engine with the Compose plugin, or use the native stack (make demo)." >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers (is dockerd running, and may you use it?); or use the native stack (make demo)." >&2; exit 1; }
+	@[ -f .env ] || { echo "error: no .env: cp .env.example .env and replace every change-me (make setup does it with generated secrets)." >&2; exit 1; }
+	docker compose up -d --build --wait
+	docker compose run --rm --no-deps init python -m cryptopipe.connectors
+	docker compose run --rm --no-deps -e KSQLDB_HOST=ksqldb-server init python -m cryptopipe.ksql_deploy
+
+compose-down: ## docker-compose: stop the containers (volumes kept; `docker compose down -v` deletes them)
+	@docker compose version >/dev/null 2>&1 || { echo "error: \`docker compose\` not found: install Docker Engine with the Compose plugin." >&2; exit 1; }
+	docker compose down
+
 replay: ## serve the bundled real Binance tapes as a local Binance API on 127.0.0.1:8900
 	@.venv/bin/replay-server

@@ -14,7 +14,10 @@ import yaml
 from cryptopipe.settings import ROOT, Settings
 
 COMPOSE = ROOT / "docker-compose.yaml"
-SERVICES = {"kafka", "connect", "ksqldb-server", "ksqldb-cli", "postgres", "redis", "airflow", "kafka-ui", "init"}
+SERVICES = {"kafka", "connect", "ksqldb-server", "ksqldb-cli", "postgres", "redis", "kafka-ui", "init",
+            "airflow-init", "airflow", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+            "source", "stream", "redis-sink", "alert-notifier", "replay"}
+ONE_SHOT = {"init", "airflow-init"}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_every_port_is_loopback_only(compose):
 def test_healthchecks_and_healthy_dependencies(compose):
     for name, service in compose["services"].items():
         for dep, cond in (service.get("depends_on") or {}).items():
-            wanted = "service_completed_successfully" if dep == "init" else "service_healthy"
+            wanted = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
             assert cond["condition"] == wanted, f"{name} -> {dep}"
             if wanted == "service_healthy":
                 assert "healthcheck" in compose["services"][dep], dep
@@ -103,6 +106,36 @@ def test_shares_the_native_config_files(compose):
     assert "./stack/config/redis.conf" in mounts
     assert "./dags" in mounts
     for mount in mounts:
-        assert (ROOT / mount).exists(), mount
+        # reports/ is an output folder (gitignored); Docker creates it.
+        assert mount == "./reports" or (ROOT / mount).exists(), mount
     dockerfile = (ROOT / "docker/connect/Dockerfile").read_text()
     assert "stack/java/pom.xml" in dockerfile and "stack/config/connect-distributed.properties" in dockerfile
+
+
+def test_functions_run_the_console_scripts_the_project_installs(compose):
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in ("source", "stream", "redis-sink", "alert-notifier", "replay"):
+        service = compose["services"][name]
+        assert service["command"][0] in scripts, name
+        module = scripts[service["command"][0]].split(":")[0]
+        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
+        assert service["build"]["dockerfile"] == "docker/python/Dockerfile"
+    dockerfile = (ROOT / "docker/python/Dockerfile").read_text()
+    for folder in ("functions", "replay", "connectors", "ksql"):
+        assert f"COPY {folder} {folder}" in dockerfile
+
+
+def test_airflow_runs_the_same_dags_with_the_same_connections(compose):
+    from cryptopipe.airflow_env import CONNECTIONS
+
+    for name in ("airflow", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        service = compose["services"][name]
+        assert "./dags:/opt/airflow/dags:ro" in service["volumes"], name
+        env = service["environment"]
+        assert {f"AIRFLOW_CONN_{c}" for c in CONNECTIONS} <= set(env), name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        # Every process signs and checks task tokens with the same secret.
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "${AIRFLOW_JWT_SECRET:?set it in .env}"
+    assert compose["services"]["airflow"]["command"][-1].endswith("exec airflow api-server")
