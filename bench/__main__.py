@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench import sinks, source, stream
+from bench import reports, sinks, source, stream
 
 
 def main() -> None:
@@ -17,6 +17,8 @@ def main() -> None:
         stream.run(Path(tmp))
         print("Sinks")
         sinks.run(Path(tmp))
+        print("Reports DAG")
+        reports.run(Path(tmp))
 
 
 if __name__ == "__main__":

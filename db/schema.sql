@@ -87,3 +87,17 @@ CREATE TABLE IF NOT EXISTS indicators_1m (
     volatility_60   numeric,
     PRIMARY KEY (symbol, window_start)
 );
+
+-- One row per HTML report written by the crypto_reports DAG. The id comes from the period and the window's
+-- start ('<period>:<YYYYmmddTHHMM>' in UTC), so a re-run of the same report updates its row.
+CREATE TABLE IF NOT EXISTS reports (
+    report_id     text        PRIMARY KEY,
+    period        text        NOT NULL CHECK (period IN ('hourly', 'daily')),
+    window_start  timestamptz NOT NULL,
+    window_end    timestamptz NOT NULL,
+    symbols       text[]      NOT NULL,
+    path          text        NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    run_id        text
+);
+CREATE INDEX IF NOT EXISTS reports_time_idx ON reports (window_start);

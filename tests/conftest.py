@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
-from cryptopipe.settings import get_settings
+from cryptopipe.airflow_env import airflow_connections
+from cryptopipe.settings import ROOT, get_settings
 from cryptopipe.stack import NativeStack
 
 
@@ -40,3 +45,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def airflow_env(settings, tmp_path_factory):
+    """The environment for dag.test() runs: a migrated Airflow home of its own, the stack's connections."""
+    home = tmp_path_factory.mktemp("airflow")
+    env = {
+        **os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), **airflow_connections(settings),
+    }
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    return env
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(stack):
+    """The bundled tapes through the real pipeline (make demo is idempotent and quick the second time)."""
+    result = subprocess.run(["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]

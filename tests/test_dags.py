@@ -4,44 +4,15 @@ holding the pipeline's data (loaded by `make demo`)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import psycopg2
-import pytest
 
-from cryptopipe.settings import ROOT
+from tests.helpers import DAGS, run_dag
 
-DAGS = ROOT / "dags"
 SYMBOLS = ["BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH"]
-
-
-@pytest.fixture(scope="module")
-def airflow_env(settings, tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow")
-    reader = settings.pg_params("reader")
-    writer = settings.pg_params("writer")
-    env = {
-        **os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW_CONN_CRYPTO_READER": f"postgresql://crypto_reader:{reader['password']}@{reader['host']}:{reader['port']}/crypto",
-        "AIRFLOW_CONN_CRYPTO_WRITER": f"postgresql://crypto_writer:{writer['password']}@{writer['host']}:{writer['port']}/crypto",
-        "AIRFLOW_CONN_CRYPTO_OWNER": "postgresql://crypto:{password}@{host}:{port}/crypto".format(**settings.pg_params("owner")),
-    }
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    return env
-
-
-def run_dag(env, dag_id: str, conf: dict) -> dict[str, str]:
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "airflow_dag_run.py"), dag_id, json.dumps(conf),
-                             str(DAGS)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    line = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert line, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(line[-1].removeprefix("RESULT "))
 
 
 def test_dags_import_with_tags_retries_and_no_connection_at_parse(airflow_env):
@@ -62,16 +33,9 @@ print("RESULT " + json.dumps({{"errors": {{k: str(v) for k, v in bag.import_erro
     assert lines, out.stdout[-2000:] + out.stderr[-2000:]
     report = json.loads(lines[-1].removeprefix("RESULT "))
     assert report["errors"] == {}
-    assert set(report["dags"]) == {"data_quality_check", "crypto_batch_processing", "crypto_analysis"}
+    assert set(report["dags"]) == {"data_quality_check", "crypto_batch_processing", "crypto_analysis", "crypto_reports"}
     for dag_id, (tags, catchup, has_doc, tz_aware, retries) in report["dags"].items():
         assert tags and catchup is False and has_doc and tz_aware and retries >= 1, dag_id
-
-
-@pytest.fixture(scope="module")
-def pipeline_data(stack):
-    """The bundled tapes through the real pipeline (make demo is idempotent and quick the second time)."""
-    result = subprocess.run(["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airflow_env, pipeline_data, settings):

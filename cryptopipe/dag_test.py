@@ -1,5 +1,6 @@
-"""Run one DAG with dag.test() in this process and print its task states as JSON (used by test_dags.py,
-in a subprocess, so Airflow's configuration comes from the environment the test sets)."""
+"""Run one DAG with dag.test() in this process and print its task states as JSON: `python -m cryptopipe.dag_test
+<dag_id> <conf json> <dags folder> [logical date]`. The tests and the report benchmark run it in a fresh process, so
+Airflow's configuration comes from the environment they set."""
 
 import json
 import sys
