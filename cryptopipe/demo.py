@@ -26,6 +26,7 @@ from rich.table import Table
 from cryptopipe import connectors, functions_ctl, ksql_deploy
 from cryptopipe.settings import ROOT, Settings, load_settings
 from cryptopipe.stack import port_open
+from cryptopipe.topics import consumer_lag
 from replay.tape import load_tapes
 
 CHECK_SQL = ROOT / "dags" / "sql" / "candles_vs_trades.sql"
@@ -57,7 +58,7 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
                       "set REPLAY_PORT in .env[/red]")
         return 1
     url = f"http://127.0.0.1:{settings.replay_port}"
-    names = ("replay", "stream", "redis-sink", "source")
+    names = ("replay", "stream", "redis-sink", "alert-notifier", "source")
     try:
         functions_ctl.start(settings, "replay", ["--tape", str(tape_dir), "--port", str(settings.replay_port),
                                                  "--speed", "0", "--shift-to-now"])
@@ -69,6 +70,7 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
             time.sleep(0.2)
         functions_ctl.start(settings, "stream")
         functions_ctl.start(settings, "redis-sink")
+        functions_ctl.start(settings, "alert-notifier")
         functions_ctl.start(settings, "source", env={
             "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0"})
         ok = follow(settings, tapes, symbols, total, lambda: check_alive(settings, names), console)
@@ -139,6 +141,7 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
         loaded = progress.add_task("rows in trades", total=total)
         candles = progress.add_task("candles in PostgreSQL", total=None)
         cached = progress.add_task("symbols in Redis", total=len(symbols))
+        notified = progress.add_task("alerts handled by notifier", total=None)
         while time.monotonic() < deadline:
             alive()
             status_file = settings.var_dir / "run" / "source.json"
@@ -153,12 +156,29 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
             progress.update(loaded, completed=n_rows)
             progress.update(candles, completed=n_candles)
             progress.update(cached, completed=n_cached)
-            if n_rows >= total and n_cached == len(symbols) and not candle_problems(settings, symbols):
+            alerts_lag = (consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group) or {}).get(
+                settings.alert_notifier_topic)
+            progress.update(notified, completed=notifier_counters(settings).get("handled", 0))
+            if (n_rows >= total and n_cached == len(symbols) and alerts_lag == 0
+                    and not candle_problems(settings, symbols)):
                 return True
             time.sleep(1)
     console.print(f"[red]error: the pipeline had not caught up after {settings.demo_timeout_s:.0f} s; "
                   "see logs/ and make status[/red]")
     return False
+
+
+# What the notifier can do with an alert (its other counters count attempts and errors).
+NOTIFIER_OUTCOMES = ("delivered", "logged", "suppressed", "duplicates", "stale", "dead_lettered", "bad_records",
+                     "tombstones")
+
+
+def notifier_counters(settings: Settings) -> dict[str, int]:
+    """The alert notifier's counters from its status file, with `handled` = every alert it has dealt with."""
+    path = settings.var_dir / "run" / "alert-notifier.json"
+    counters = json.loads(path.read_text()).get("counters", {}) if path.exists() else {}
+    counters["handled"] = sum(counters.get(k, 0) for k in NOTIFIER_OUTCOMES)
+    return counters
 
 
 def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
@@ -197,6 +217,10 @@ def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], conso
             console.print(f"  {row}")
     else:
         console.print("candles_1m equals the candles recomputed from the trades table, minute by minute.")
+    counters = notifier_counters(settings)
+    where = "the webhook" if settings.alert_webhook_url else "logs/alert-notifier.log (no ALERT_WEBHOOK_URL set)"
+    console.print(f"Alert notifier: {', '.join(f'{k} {counters[k]:,}' for k in NOTIFIER_OUTCOMES if counters.get(k))}"
+                  f" -> {where}")
     console.print(f"Airflow UI: {settings.airflow_url} (user {settings.airflow_admin_user}, password "
                   "AIRFLOW_ADMIN_PASSWORD in .env)")
     console.print(f"Kafka Connect REST: {settings.connect_url}/connectors?expand=status")

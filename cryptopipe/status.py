@@ -84,29 +84,18 @@ def consumer_groups(stack: NativeStack) -> dict[str, str]:
 
 def lag_table(stack: NativeStack) -> Table:
     """Per consumer group and topic: records not yet committed (end offset minus committed offset)."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
+    from cryptopipe.topics import consumer_lag
 
-    admin = AdminClient({"bootstrap.servers": stack.s.kafka_bootstrap})
-    consumer = Consumer({"bootstrap.servers": stack.s.kafka_bootstrap, "group.id": "cryptopipe-status"})
     table = Table(title="Consumer lag", title_justify="left")
     for col in ("group", "reader", "topic", "lag"):
         table.add_column(col, justify="right" if col == "lag" else "left")
-    try:
-        for group, reader in consumer_groups(stack).items():
-            future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-            committed = [tp for tp in future.result(timeout=10).topic_partitions if tp.offset >= 0]
-            if not committed:
-                table.add_row(group, reader, "-", "[yellow]no commits yet[/yellow]")
-                continue
-            lag: Counter = Counter()
-            for tp in committed:
-                _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
-                lag[tp.topic] += max(0, high - tp.offset)
-            for topic, n in sorted(lag.items()):
-                table.add_row(group, reader, topic, f"[{'green' if n == 0 else 'yellow'}]{n:,}[/]")
-    finally:
-        consumer.close()
+    for group, reader in consumer_groups(stack).items():
+        lag = consumer_lag(stack.s.kafka_bootstrap, group)
+        if lag is None:
+            table.add_row(group, reader, "-", "[yellow]no commits yet[/yellow]")
+            continue
+        for topic, n in sorted(lag.items()):
+            table.add_row(group, reader, topic, f"[{'green' if n == 0 else 'yellow'}]{n:,}[/]")
     return table
 
 

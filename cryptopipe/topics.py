@@ -95,6 +95,47 @@ def ensure_topics(admin: AdminClient, topics: tuple[Topic, ...] = TOPICS, timeou
     return done
 
 
+def consumer_lag(bootstrap: str, group: str) -> dict[str, int] | None:
+    """Offsets not yet committed by the group, per topic; None before its first commit.
+
+    End offset minus committed offset counts transaction markers too (the stream function writes in
+    transactions), so a group that has read everything would show a lag of one or two forever: where the
+    gap holds no committed record, the lag is 0."""
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    committed = [tp for tp in future.result(timeout=10).topic_partitions if tp.offset >= 0]
+    if not committed:
+        return None
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cryptopipe-lag-probe",
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
+                         "enable.auto.commit": False})
+    try:
+        lag: dict[str, int] = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
+            behind = max(0, high - tp.offset)
+            if behind and only_markers(consumer, TopicPartition(tp.topic, tp.partition, tp.offset)):
+                behind = 0
+            lag[tp.topic] = lag.get(tp.topic, 0) + behind
+        return lag
+    finally:
+        consumer.close()
+
+
+def only_markers(consumer, start) -> bool:
+    """True when reading from `start` reaches the partition's end without a record."""
+    from confluent_kafka import KafkaError
+
+    consumer.assign([start])
+    try:
+        msg = consumer.poll(5)
+        return msg is not None and msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF
+    finally:
+        consumer.unassign()
+
+
 def main() -> int:
     from cryptopipe.settings import get_settings
 
