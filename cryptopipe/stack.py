@@ -91,6 +91,12 @@ def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict[str, str] |
     return proc
 
 
+def supervised(argv: list[str]) -> list[str]:
+    """The command under cryptopipe.supervise, which restarts it when it exits (Airflow's processes exit when
+    PostgreSQL goes away and come back once it answers again)."""
+    return [sys.executable, "-m", "cryptopipe.supervise", *argv]
+
+
 def rotate_at_start(path: Path, max_bytes: int, backups: int) -> None:
     """For services that write their log through stdout (which cannot be reopened while they run): keep a
     large log as <name>.1 (older ones shifted up to `backups`) before the service starts again."""
@@ -435,7 +441,8 @@ class NativeStack:
         if airflow_services.migrate(self.s, self.log_file("airflow-api")):
             print("  airflow    metadata database migrated")
         airflow_services.write_passwords(self.s)
-        self.spawn("airflow-api", [airflow_services.AIRFLOW_BIN, "api-server"], env=airflow_services.environment(self.s))
+        self.spawn("airflow-api", supervised([airflow_services.AIRFLOW_BIN, "api-server"]),
+                   env=airflow_services.environment(self.s))
 
     def airflow_api_ready(self) -> bool:
         import requests
@@ -447,7 +454,7 @@ class NativeStack:
         if name != "airflow-dag-processor":
             # Its log server binds every interface and is not needed: all processes share logs/airflow.
             argv.append("--skip-serve-logs")
-        return lambda: self.spawn(name, argv, env=airflow_services.environment(self.s))
+        return lambda: self.spawn(name, supervised(argv), env=airflow_services.environment(self.s))
 
     def airflow_component_ready(self, component: str) -> Callable[[], bool]:
         return lambda: airflow_services.component_healthy(self.s, component)

@@ -160,3 +160,13 @@ def run_dag(env, dag_id: str, conf: dict, logical_date=None) -> dict[str, str]:
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(line[-1].removeprefix("RESULT "))
+
+
+def restart_service(stack, name: str, down_s: float) -> None:
+    """Stop one service of the native stack, keep it down for `down_s`, start it and wait until it answers."""
+    svc = next(s for s in stack.services if s.name == name)
+    (svc.stop or (lambda: stack.terminate(svc)))()
+    wait_for(lambda: not stack.is_up(svc), 30, f"{name} to stop")
+    time.sleep(down_s)
+    svc.start()
+    wait_for(lambda: stack.is_up(svc), 120, f"{name} to come back")

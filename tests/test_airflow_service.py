@@ -12,7 +12,7 @@ import requests
 
 from cryptopipe import airflow_services
 from cryptopipe.settings import ROOT
-from tests.helpers import wait_for
+from tests.helpers import restart_service, wait_for
 
 DAG_IDS = {"crypto_batch_processing", "crypto_analysis", "crypto_reports", "data_quality_check"}
 ARTIFACTS = ROOT / "test-artifacts"
@@ -82,3 +82,32 @@ def test_headless_chromium_logs_in_and_sees_the_dag_list(airflow):
             browser.close()
     assert DAG_IDS <= set(body.split())
     assert shot.stat().st_size > 10_000
+
+
+def test_airflow_comes_back_after_a_postgres_outage(stack, airflow):
+    # The scheduler, dag-processor and triggerer exit when their metadata database goes away; the stack
+    # runs them under a supervisor that starts them again.
+    from datetime import datetime, timezone
+
+    names = ["airflow-api", *airflow_services.COMPONENTS]
+    supervisors = {name: stack.pid_of(next(s for s in stack.services if s.name == name)) for name in names}
+    assert all(supervisors.values()), supervisors
+    sizes = {name: stack.log_file(name).stat().st_size for name in names}
+    restart_service(stack, "postgres", down_s=20)
+    back = datetime.now(timezone.utc)
+
+    def beating_since_back() -> bool:
+        # Healthy alone could be a heartbeat from before the outage, still inside the health threshold.
+        report = airflow_services.health(airflow)
+        return all(report[c]["status"] == "healthy"
+                   and datetime.fromisoformat(report[c][f"latest_{c}_heartbeat"]) > back
+                   for c in airflow_services.COMPONENTS.values())
+
+    wait_for(beating_since_back, timeout=180, what="a heartbeat from every Airflow component after the outage",
+             interval=2)
+    for svc in stack.services:
+        if svc.name in names:
+            assert stack.pid_of(svc) == supervisors[svc.name], svc.name  # the same supervisor, still running
+    restarts = "".join(stack.log_file(name).read_bytes()[sizes[name]:].decode(errors="replace") for name in names)
+    assert "restarting in" in restarts  # at least one of them did exit and was restarted
+    assert DAG_IDS <= listed_dags(airflow)

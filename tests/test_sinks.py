@@ -22,7 +22,7 @@ from cryptopipe import connectors
 from replay.server import Replay, shift_to_now, start_in_thread
 from replay.tape import load_tapes
 
-from .helpers import TAPES, Process, read_topic, tape, wait_for
+from .helpers import TAPES, Process, read_topic, restart_service, tape, wait_for
 from .test_stream import plain_candles
 
 SHORT = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
@@ -101,15 +101,6 @@ def kill_connect_and_restart(stack) -> None:
     wait_for(lambda: stack.pid_of(svc) is None, 30, "Connect to die")
     svc.start()
     wait_for(lambda: stack.is_up(svc), 120, "Connect to come back")
-
-
-def restart_service(stack, name: str, down_s: float) -> None:
-    svc = next(s for s in stack.services if s.name == name)
-    (svc.stop or (lambda: stack.terminate(svc)))()
-    wait_for(lambda: not stack.is_up(svc), 30, f"{name} to stop")
-    time.sleep(down_s)
-    svc.start()
-    wait_for(lambda: stack.is_up(svc), 120, f"{name} to come back")
 
 
 @pytest.fixture
