@@ -12,14 +12,14 @@ help: ## list the targets
 setup: ## install everything: Debian packages (as root), the venv, Kafka/Connect jars, the JDBC plugin, .env
 	@bash stack/setup.sh
 
-up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect), create topics and tables
+up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect, Airflow), create topics and tables
 	@$(PY) -m cryptopipe.stack up
 
 down: ## stop the functions and exactly what `make up` started
 	@if [ -x $(PY) ]; then $(PY) -m cryptopipe.functions_ctl stop && $(PY) -m cryptopipe.stack down; \
 	else echo "  nothing to stop (no .venv)"; fi
 
-status: ## health check: services, topics, connectors, table rows, Redis keys; non-zero when down
+status: ## health check: services, functions, topics and DLQ depth, consumer lag, connectors, tables, freshness, Airflow
 	@$(PY) -m cryptopipe.stack status
 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end

@@ -145,8 +145,15 @@ def health(settings: Settings) -> dict:
     return requests.get(f"{settings.airflow_url}/api/v2/monitor/health", timeout=3).json()
 
 
-def component_healthy(settings: Settings, component: str) -> bool:
-    return (health(settings).get(component) or {}).get("status") == "healthy"
+def component_healthy(settings: Settings, component: str, since=None) -> bool:
+    """Healthy by the api-server's report, and (with `since`, a UTC datetime) with a heartbeat after it."""
+    from datetime import datetime
+
+    report = health(settings).get(component) or {}
+    if report.get("status") != "healthy":
+        return False
+    beat = report.get(f"latest_{component}_heartbeat")
+    return since is None or (beat is not None and datetime.fromisoformat(beat) > since)
 
 
 def token(settings: Settings) -> str:

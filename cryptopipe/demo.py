@@ -156,8 +156,8 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
             progress.update(loaded, completed=n_rows)
             progress.update(candles, completed=n_candles)
             progress.update(cached, completed=n_cached)
-            alerts_lag = (consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group) or {}).get(
-                settings.alert_notifier_topic)
+            alerts_lag = consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group,
+                                      (settings.alert_notifier_topic,)).get(settings.alert_notifier_topic)
             progress.update(notified, completed=notifier_counters(settings).get("handled", 0))
             if (n_rows >= total and n_cached == len(symbols) and alerts_lag == 0
                     and not candle_problems(settings, symbols)):

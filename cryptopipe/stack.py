@@ -1,4 +1,4 @@
-"""The native stack without Docker: PostgreSQL, Redis, Kafka (KRaft) and Kafka Connect as local processes.
+"""The native stack without Docker: PostgreSQL, Redis, Kafka (KRaft), Kafka Connect and Airflow as local processes.
 
     python -m cryptopipe.stack up       start in dependency order, each checked ready before the next
     python -m cryptopipe.stack down     stop exactly what `up` started (pid files in var/run)
@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -149,6 +150,7 @@ class NativeStack:
 
     def __init__(self, settings: Settings):
         self.s = settings
+        self.started_at: dict[str, datetime] = {}
         self.var = settings.var_dir
         self.run_dir = self.var / "run"
         self.logs = settings.logs_dir
@@ -162,7 +164,7 @@ class NativeStack:
             Service("airflow-api", settings.airflow_port, "AIRFLOW_PORT", "airflow api", self.start_airflow_api,
                     self.airflow_api_ready),
             *[Service(name, None, "", f"airflow {name.removeprefix('airflow-')}", self.airflow_starter(name),
-                      self.airflow_component_ready(component), wait_later=True)
+                      self.airflow_component_ready(name, component), wait_later=True)
               for name, component in airflow_services.COMPONENTS.items()],
         ]
 
@@ -305,6 +307,7 @@ class NativeStack:
         sock = self.run_dir / "pg"
         sock.mkdir(parents=True, exist_ok=True)
         log = self.log_file("postgres")
+        rotate_at_start(log, self.s.log_max_bytes, self.s.log_backups)
         log.touch()
         self.chown_pg(sock, log)
         if not (data / "PG_VERSION").exists():
@@ -445,19 +448,24 @@ class NativeStack:
                    env=airflow_services.environment(self.s))
 
     def airflow_api_ready(self) -> bool:
-        import requests
-
-        return requests.get(f"{self.s.airflow_url}/api/v2/monitor/health", timeout=2).status_code == 200
+        return airflow_services.health(self.s)["metadatabase"]["status"] == "healthy"
 
     def airflow_starter(self, name: str) -> Callable[[], None]:
         argv = [airflow_services.AIRFLOW_BIN, name.removeprefix("airflow-")]
         if name != "airflow-dag-processor":
             # Its log server binds every interface and is not needed: all processes share logs/airflow.
             argv.append("--skip-serve-logs")
-        return lambda: self.spawn(name, supervised(argv), env=airflow_services.environment(self.s))
 
-    def airflow_component_ready(self, component: str) -> Callable[[], bool]:
-        return lambda: airflow_services.component_healthy(self.s, component)
+        def start() -> None:
+            self.started_at[name] = datetime.now(timezone.utc)
+            self.spawn(name, supervised(argv), env=airflow_services.environment(self.s))
+
+        return start
+
+    def airflow_component_ready(self, name: str, component: str) -> Callable[[], bool]:
+        # Right after a start, only a heartbeat from after it counts: one from a crashed predecessor can
+        # still read as healthy for half a minute.
+        return lambda: airflow_services.component_healthy(self.s, component, since=self.started_at.get(name))
 
     # ---- the commands --------------------------------------------------------------------------
 

@@ -221,20 +221,18 @@ def function_table(stack: NativeStack) -> Table:
 
 
 def airflow_table(stack: NativeStack) -> Table:
-    import requests
-
-    from cryptopipe import airflow_services
+    from cryptopipe.airflow_services import AirflowClient
 
     s = stack.s
     table = Table(title=f"Airflow: {s.airflow_url} (user {s.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD "
                         "in .env)", title_justify="left")
     for col in ("DAG", "paused", "schedule", "last run", "state"):
         table.add_column(col)
-    headers = {"Authorization": f"Bearer {airflow_services.token(s)}"}
-    dags = requests.get(f"{s.airflow_url}/api/v2/dags", headers=headers, timeout=5).json()["dags"]
+    client = AirflowClient(s)
+    dags = client.call("GET", "/dags")["dags"]
     for dag in sorted(dags, key=lambda d: d["dag_id"]):
-        runs = requests.get(f"{s.airflow_url}/api/v2/dags/{dag['dag_id']}/dagRuns", headers=headers, timeout=5,
-                            params={"order_by": "-run_after", "limit": 1}).json().get("dag_runs", [])
+        runs = client.call("GET", f"/dags/{dag['dag_id']}/dagRuns",
+                           params={"order_by": "-run_after", "limit": 1}).get("dag_runs", [])
         last = runs[0] if runs else {}
         state = last.get("state", "-")
         colour = {"success": "green", "failed": "red"}.get(state, "yellow")

@@ -42,17 +42,21 @@ def main(argv: list[str]) -> int:
     while True:
         started = time.monotonic()
         child = subprocess.Popen(argv)
+        if stopping:  # the signal came between the check below and Popen: the new child must stop too
+            child.terminate()
         code = child.wait()
         if stopping:
             return 0
         ran = time.monotonic() - started
-        backoff = MIN_BACKOFF_S if ran >= HEALTHY_AFTER_S else min(backoff * 2, MAX_BACKOFF_S)
+        if ran >= HEALTHY_AFTER_S:
+            backoff = MIN_BACKOFF_S
         log(f"{' '.join(argv[:2])} exited with {code} after {ran:.0f} s; restarting in {backoff:.0f} s")
         deadline = time.monotonic() + backoff
         while time.monotonic() < deadline and not stopping:
             time.sleep(0.2)
         if stopping:
             return 0
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
 if __name__ == "__main__":

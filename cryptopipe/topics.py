@@ -95,8 +95,9 @@ def ensure_topics(admin: AdminClient, topics: tuple[Topic, ...] = TOPICS, timeou
     return done
 
 
-def consumer_lag(bootstrap: str, group: str) -> dict[str, int] | None:
-    """Offsets not yet committed by the group, per topic; None before its first commit.
+def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
+    """Offsets not yet committed by the group, per topic; None before its first commit unless `topics` names
+    what it reads (a partition it never committed then counts from its first retained offset).
 
     End offset minus committed offset counts transaction markers too (the stream function writes in
     transactions), so a group that has read everything would show a lag of one or two forever: where the
@@ -105,20 +106,26 @@ def consumer_lag(bootstrap: str, group: str) -> dict[str, int] | None:
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-    committed = [tp for tp in future.result(timeout=10).topic_partitions if tp.offset >= 0]
-    if not committed:
+    committed = {(tp.topic, tp.partition): tp.offset for tp in future.result(timeout=10).topic_partitions
+                 if tp.offset >= 0}
+    if not committed and not topics:
         return None
+    # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cryptopipe-lag-probe",
                          "isolation.level": "read_committed", "enable.partition.eof": True,
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                if (topic, p) not in committed:
+                    committed[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[0]
         lag: dict[str, int] = {}
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
-            behind = max(0, high - tp.offset)
-            if behind and only_markers(consumer, TopicPartition(tp.topic, tp.partition, tp.offset)):
+        for (topic, partition), offset in committed.items():
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            behind = max(0, high - offset)
+            if behind and only_markers(consumer, TopicPartition(topic, partition, offset)):
                 behind = 0
-            lag[tp.topic] = lag.get(tp.topic, 0) + behind
+            lag[topic] = lag.get(topic, 0) + behind
         return lag
     finally:
         consumer.close()

@@ -9,7 +9,6 @@ import shutil
 import signal
 import string
 import random
-import time
 from decimal import Decimal
 
 import psycopg2

@@ -576,8 +576,11 @@ class AlertNotifier:
             counters = dict(self.counters)
         path = self.s.var_dir / "run" / "alert-notifier.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": counters,
-                                    "in_flight": len(self.in_flight)}))
+        # Written whole then renamed: make demo and make status read it while it changes.
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": counters,
+                                       "in_flight": len(self.in_flight)}))
+        partial.replace(path)
         log.info("counters: %s", counters)
 
     def stop(self, *_args) -> None:

@@ -172,7 +172,9 @@ class StreamFunction:
     def report(self) -> None:
         path = self.s.var_dir / "run" / "stream.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": dict(self.counters)}))
+        partial = path.with_name(path.name + ".tmp")  # whole, then renamed: others read it while it changes
+        partial.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": dict(self.counters)}))
+        partial.replace(path)
         log.info("counters: %s", dict(self.counters))
 
     def run(self) -> None:
