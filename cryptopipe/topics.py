@@ -46,6 +46,13 @@ def dlq(component: str) -> str:
     return f"crypto.dlq.{component}"
 
 
+def dlq_headers(component: str, reason: str, **context) -> list[tuple[str, bytes]]:
+    """The headers every dead-letter record carries (its value is the record as received): error.reason,
+    error.component (the <component> of crypto.dlq.<component>), and error.<name> for each context value."""
+    headers = [("error.reason", reason.encode()), ("error.component", component.encode())]
+    return headers + [(f"error.{name}", str(value).encode()) for name, value in context.items() if value is not None]
+
+
 # Components that own a dead-letter topic: the functions and one per JDBC sink connector.
 DLQ_COMPONENTS = ("source", "stream", "redis-sink", "alerts", "alert-notifier", "jdbc-trades", "jdbc-candles", "jdbc-alerts", "jdbc-stats")
 

@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from cryptopipe.run import serve
 from cryptopipe.settings import Settings
+from cryptopipe.topics import dlq_headers
 
 log = logging.getLogger("alert_notifier")
 
@@ -366,10 +367,8 @@ class AlertNotifier:
     def dead_letter(self, msg, pending: Pending, reason: str, **extra) -> None:
         """The record as received to the dead-letter topic, the reason in headers (as the other functions do);
         its offset counts as done once the broker has it."""
-        headers = [("error.reason", reason.encode()), ("error.component", COMPONENT.encode()),
-                   ("error.topic", msg.topic().encode()), ("error.partition", str(msg.partition()).encode()),
-                   ("error.offset", str(msg.offset()).encode())]
-        headers += [(f"error.{k}", str(v).encode()) for k, v in extra.items() if v is not None]
+        headers = dlq_headers(COMPONENT, reason, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                              **extra)
 
         def on_delivery(err, _record) -> None:
             if err is None:

@@ -27,6 +27,7 @@ from confluent_kafka import Producer
 
 from cryptopipe.run import serve
 from cryptopipe.settings import Settings
+from cryptopipe.topics import dlq_headers
 from functions.binance_source.client import (
     AGG_TRADES_WEIGHT,
     BinanceClient,
@@ -348,10 +349,8 @@ class BinanceSource:
     def dead_letter(self, symbol: str, value: bytes, reason: str) -> None:
         log.warning("%s: to %s: %s", symbol, self.s.source_dlq_topic, reason)
         self.counters["dead_letters"] += 1
-        self.producer.produce(self.s.source_dlq_topic, value=value, key=symbol.encode(), headers=[
-            ("error.reason", reason.encode()), ("error.component", b"binance-source"),
-            ("error.symbol", symbol.encode()), ("error.base_url", self.s.binance_base_url.encode()),
-        ])
+        self.producer.produce(self.s.source_dlq_topic, value=value, key=symbol.encode(), headers=dlq_headers(
+            "source", reason, symbol=symbol, base_url=self.s.binance_base_url))
 
     # ---- scheduling ----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer
 
 from cryptopipe.run import serve
 from cryptopipe.settings import Settings
+from cryptopipe.topics import dlq_headers
 
 log = logging.getLogger("redis_sink")
 
@@ -114,9 +115,8 @@ class RedisSink:
                 self.counters["bad_records"] += 1
                 log.warning("bad record %s[%d]@%d to %s: %r", msg.topic(), msg.partition(), msg.offset(),
                             self.s.redis_dlq_topic, err)
-                self.dlq.produce(self.s.redis_dlq_topic, value=msg.value(), key=msg.key(), headers=[
-                    ("error.reason", repr(err).encode()), ("error.component", b"redis-sink"),
-                    ("error.topic", msg.topic().encode())])
+                self.dlq.produce(self.s.redis_dlq_topic, value=msg.value(), key=msg.key(), headers=dlq_headers(
+                    "redis-sink", repr(err), topic=msg.topic(), partition=msg.partition(), offset=msg.offset()))
         for rows in trades.values():
             rows.sort(key=lambda t: (t["trade_time"], t["agg_id"]))
         return trades, candles

@@ -31,6 +31,7 @@ from quixstreams.models.serializers.json import JSONSerializer
 from cryptopipe import schemas
 from cryptopipe.logs import setup_logging
 from cryptopipe.settings import Settings, load_settings
+from cryptopipe.topics import dlq_headers
 from functions.stream_processor.windows import (
     AlertRules,
     BadRecord,
@@ -129,9 +130,8 @@ class StreamFunction:
         except BadRecord as err:
             self.count("bad_records")
             log.warning("bad record to %s: %s", self.s.stream_dlq_topic, err)
-            self.dlq.produce(self.s.stream_dlq_topic, value=raw, headers=[
-                ("error.reason", str(err).encode()), ("error.component", b"stream-processor"),
-                ("error.topic", self.s.stream_input_topic.encode())])
+            self.dlq.produce(self.s.stream_dlq_topic, value=raw, headers=dlq_headers(
+                "stream", str(err), topic=self.s.stream_input_topic))
             self.dlq.poll(0)
             return None
 
