@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink alert-notifier deploy-ksql deploy-connectors
+.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink alert-notifier deploy-ksql deploy-connectors compose-up compose-down start
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ run: up ## live: the pipeline against Binance (BINANCE_BASE_URL, BINANCE_SYMBOLS
 	@$(PY) -m cryptopipe.connectors
 	@$(PY) -m cryptopipe.functions_ctl start
 
-stop: ## stop the functions that `make run` started
-	@$(PY) -m cryptopipe.functions_ctl stop
+start: ## start functions in the background: all, or FN="stream redis-sink" (source, stream, redis-sink, alert-notifier, replay)
+	@$(PY) -m cryptopipe.functions_ctl start $(FN)
+
+stop: ## stop the functions in the background: all, or FN="..." as for start
+	@$(PY) -m cryptopipe.functions_ctl stop $(FN)
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)

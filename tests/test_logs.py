@@ -55,14 +55,22 @@ def test_text_is_the_default(tmp_path):
 
 
 def test_a_background_function_writes_its_own_log_file(stack, settings):
+    """`make start FN=replay` / `make stop FN=replay`: one function on its own, logging to logs/replay.log."""
     port = free_port()
     log = settings.logs_dir / "replay.log"
     size_before = log.stat().st_size if log.exists() else 0
-    pid = functions_ctl.start(settings, "replay", ["--port", str(port)])
+    env = {**os.environ, "REPLAY_PORT": str(port)}
+    started = subprocess.run(["make", "start", "FN=replay"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
     try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = functions_ctl.running_pid(settings, "replay")
+        assert pid is not None and f"(pid {pid})" in started.stdout
         wait_for(lambda: log.exists() and f":{port} at speed" in log.read_text()[size_before:], 30,
                  "the replay server's start line in logs/replay.log")
         assert (settings.logs_dir / "replay.out").exists()
-        assert functions_ctl.running_pid(settings, "replay") == pid
+        assert functions_ctl.running_pid(settings, "source") is None  # only the one named
     finally:
-        functions_ctl.stop(settings, "replay")
+        stopped = subprocess.run(["make", "stop", "FN=replay"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and "replay         stopped" in stopped.stdout
+    assert functions_ctl.running_pid(settings, "replay") is None
