@@ -5,10 +5,7 @@ whole `dag.test()` run timed in its own process (as the tests run it), against t
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -18,15 +15,14 @@ import psycopg2
 from psycopg2.extras import execute_values
 
 from bench.common import TAPES, record
-from cryptopipe.airflow_env import airflow_connections
-from cryptopipe.settings import ROOT, get_settings
+from cryptopipe.dag_test import environment, run_dag
+from cryptopipe.settings import get_settings
 from replay.tape import SymbolTape
 
 SYMBOLS = [f"BENCH{i:02d}" for i in range(10)]
 MINUTES = 1440
 RUNS = 3
 DAY = datetime(2000, 1, 3, tzinfo=timezone.utc)  # far from any pipeline data, so the report holds only these rows
-DAGS = ROOT / "dags"
 
 
 def candle_rows() -> list[tuple]:
@@ -47,31 +43,21 @@ def candle_rows() -> list[tuple]:
     return rows
 
 
-def airflow_env(home: Path, reports: Path) -> dict[str, str]:
-    return {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "CRYPTO_REPORTS_DIR": str(reports),
-            **airflow_connections(get_settings())}
-
-
 def timed_run(env: dict, start: datetime) -> float:
     conf = {"start": start.isoformat(), "end": (start + timedelta(days=1)).isoformat(), "symbols": SYMBOLS,
             "period": "daily"}
     begin = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cryptopipe.dag_test", "crypto_reports", json.dumps(conf), str(DAGS)],
-                            env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    states = run_dag(env, "crypto_reports", conf, timeout=900)
     elapsed = time.perf_counter() - begin
-    states = [json.loads(ln.removeprefix("RESULT ")) for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not states or states[-1].get("daily_report") != "success":
-        raise RuntimeError(f"crypto_reports failed: {states}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    if states.get("daily_report") != "success":
+        raise RuntimeError(f"crypto_reports failed: {states}")
     return elapsed
 
 
 def run(workdir: Path) -> None:
     settings = get_settings()
     home, reports = workdir / "airflow-reports", workdir / "reports"
-    env = airflow_env(home, reports)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=600)
+    env = environment(settings, home, migrate_timeout=600, CRYPTO_REPORTS_DIR=str(reports))
     rows = candle_rows()
     owner = psycopg2.connect(**settings.pg_params("owner"))
     owner.autocommit = True

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-from cryptopipe.airflow_env import airflow_connections
 from cryptopipe.settings import ROOT, get_settings
 from cryptopipe.stack import NativeStack
 
@@ -50,14 +46,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def airflow_env(settings, tmp_path_factory):
     """The environment for dag.test() runs: a migrated Airflow home of its own, the stack's connections."""
-    home = tmp_path_factory.mktemp("airflow")
-    env = {
-        **os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), **airflow_connections(settings),
-    }
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    return env
+    from cryptopipe.dag_test import environment
+
+    return environment(settings, tmp_path_factory.mktemp("airflow"))
 
 
 @pytest.fixture(scope="session")

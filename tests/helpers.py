@@ -149,19 +149,6 @@ def latest_by_key(msgs, key_fields: tuple[str, ...]) -> dict:
     return out
 
 
-DAGS = ROOT / "dags"
-
-
-def run_dag(env, dag_id: str, conf: dict, logical_date=None) -> dict[str, str]:
-    """dag.test() in a fresh process; with a logical date, a run like the scheduler's (params at defaults)."""
-    extra = [logical_date.isoformat()] if logical_date else []
-    result = subprocess.run([sys.executable, "-m", "cryptopipe.dag_test", dag_id, json.dumps(conf), str(DAGS), *extra],
-                            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    line = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert line, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(line[-1].removeprefix("RESULT "))
-
-
 def restart_service(stack, name: str, down_s: float) -> None:
     """Stop one service of the native stack, keep it down for `down_s`, start it and wait until it answers."""
     svc = next(s for s in stack.services if s.name == name)

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import psycopg2
 
-from tests.helpers import DAGS, run_dag
+from cryptopipe.dag_test import DAGS, run_dag
 
 SYMBOLS = ["BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH"]
 

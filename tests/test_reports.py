@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.helpers import run_dag
+from cryptopipe.dag_test import run_dag
 from tests.test_dags import SYMBOLS
 
 SVG = "{http://www.w3.org/2000/svg}"
