@@ -2,17 +2,21 @@
 
     stream-processor            (console entry point; `make stream` runs it)
 
-- crypto.candles-1m: 1-minute tumbling OHLCV per symbol, emitted on every update (like ksqlDB's
-  EMIT CHANGES); the JDBC sink's upsert on (symbol, window_start) ends on the final candle.
+- crypto.candles-1m: 1-minute tumbling OHLCV per symbol, emitted as it changes, like ksqlDB's EMIT
+  CHANGES with its record cache: at each commit, the latest state of every window that changed since the
+  last one. The JDBC sink's upsert on (symbol, window_start) ends on the final candle.
 - crypto.stats-5m: 5-minute windows advancing by 1 minute, emitted once when each window closes (built
-  from closed 1-minute aggregates, so a trade updates two windows, not six).
-- crypto.alerts: price-move and volume rules on the candles, each alert id emitted once.
+  from closed 1-minute aggregates, so a trade updates one window, not six).
+- crypto.alerts: price-move and volume rules, checked on every trade; each alert id is emitted once, by
+  the trade that first breaks the rule in its window.
 - crypto.dlq.stream: records that cannot be read, with the reason in headers.
 
-Window state lives in RocksDB with changelog topics, so a `kill -9` loses none of it. The processing
-guarantee is exactly-once (Kafka transactions): after a crash no candle or alert is written twice, and the
-sinks read with isolation.level=read_committed. Late trades within the grace period update their window;
-later ones are counted and logged.
+Each trade updates a single window state: its 1-minute aggregate, which holds the candle, the sums for
+the statistics and the rules already raised. Window state lives in RocksDB with changelog topics, so a
+`kill -9` loses none of it. The processing guarantee is exactly-once (Kafka transactions): candles, stats,
+alerts, window state and input offsets commit together, so after a crash nothing is written twice, and
+the sinks read with isolation.level=read_committed. Late trades within the grace period update their
+window; later ones are counted and logged.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from decimal import Decimal
 
 from confluent_kafka import Producer
 from quixstreams import Application
-from quixstreams.models.serializers.json import JSONSerializer
+from quixstreams.sinks import BaseSink
 
 from cryptopipe import schemas
 from cryptopipe.logs import setup_logging
@@ -36,21 +40,60 @@ from functions.stream_processor.windows import (
     AlertRules,
     BadRecord,
     alert_id,
-    candle_add,
-    candle_init,
     candle_record,
     minute_add,
     minute_init,
     parse_thresholds,
     parse_trade,
-    stats_add,
-    stats_init,
+    stats_merge,
     stats_record,
 )
 
 log = logging.getLogger("stream_processor")
 
 MINUTE_MS = 60_000
+
+
+class Outputs(BaseSink):
+    """The one writer of candles, statistics and alerts, through the application's own transactional
+    producer, so they commit atomically with the window state and the input offsets.
+
+    Quix's to_topic() would write a candle for every trade; ksqlDB writes a changing table through a
+    record cache, once per window per commit. Quix has no such cache, so this is it: `candle()` keeps the
+    latest state of each changed window, and `flush()`, which Quix calls at the start of every commit,
+    writes them. Closed 5-minute windows arrive through the sink's `add()`; alerts are written as they
+    happen.
+    """
+
+    def __init__(self, fn: "StreamFunction"):
+        super().__init__()
+        self.fn = fn
+        self.changed: dict[tuple[str, int], dict] = {}
+
+    def produce(self, topic: str, key: str, value: bytes, counter: str) -> None:
+        self.fn.app._producer.produce(topic=topic, key=key.encode(), value=value)  # the app's transaction
+        self.fn.counters[counter] += 1
+
+    def candle(self, key: str, window: dict) -> None:
+        self.changed[(key, window["start"])] = window
+
+    def alert(self, key: str, window: dict, rule: str, value: str, threshold: str) -> None:
+        aid = alert_id(key, rule, window["start"])
+        record = {"alert_id": aid, "symbol": key, "rule": rule, "window_start": window["start"],
+                  "value": Decimal(value), "threshold": Decimal(threshold),
+                  "price": Decimal(window["value"]["close"]), "detected_at": int(time.time() * 1000)}
+        self.produce(self.fn.s.stream_alerts_topic, aid, schemas.to_json(schemas.ALERT, record), "alerts_out")
+
+    def add(self, value, key, timestamp, headers, topic, partition, offset) -> None:
+        record = stats_record(key, value["start"], value["end"], stats_merge(value["value"]))
+        self.produce(self.fn.s.stream_stats_topic, key, schemas.to_json(schemas.STATS, record), "stats_out")
+
+    def flush(self) -> None:
+        topic = self.fn.s.stream_candles_topic
+        for (key, start), w in self.changed.items():
+            record = candle_record(key, start, w["end"], w["value"])
+            self.produce(topic, key, schemas.to_json(schemas.CANDLE, record), "candles_out")
+        self.changed.clear()
 
 
 class StreamFunction:
@@ -82,6 +125,7 @@ class StreamFunction:
             producer_extra_config={"transactional.id": instance},
             loglevel=None,
         )
+        self.outputs = Outputs(self)
         self.build()
 
     def build(self) -> None:
@@ -89,37 +133,35 @@ class StreamFunction:
         grace_ms = s.stream_grace_s * 1000
         trades = app.dataframe(app.topic(s.stream_input_topic, key_deserializer="str", value_deserializer="bytes"))
         trades = trades.apply(self.parse).filter(lambda t: t is not None)
+        minutes = trades.tumbling_window(duration_ms=MINUTE_MS, grace_ms=grace_ms, name="minutes_1m",
+                                         on_late=self.on_late)
+        minutes = minutes.reduce(reducer=lambda m, t: self.rules.mark(t["symbol"], minute_add(m, t)),
+                                 initializer=lambda t: self.rules.mark(t["symbol"], minute_init(t)))
+        closed = self.changes(minutes)
+        # Each closed minute is stored once and the five are merged when the window closes, rather than
+        # merged into five window states as it arrives. (A new store name: "stats_5m" held reduced values.)
+        stats = closed.hopping_window(duration_ms=5 * MINUTE_MS, step_ms=MINUTE_MS, grace_ms=grace_ms,
+                                      name="stats_5m_minutes").collect().final()
+        stats.sink(self.outputs)
 
-        candles = (
-            trades.tumbling_window(duration_ms=MINUTE_MS, grace_ms=grace_ms, name="candles_1m", on_late=self.on_late)
-            .reduce(reducer=candle_add, initializer=candle_init)
-            .current()
-            .apply(lambda w, key, _ts, _headers: candle_record(key, w["start"], w["end"], w["value"]), metadata=True)
-        )
-        candles.to_topic(self.out_topic(s.stream_candles_topic, schemas.CANDLE, "candles_out"))
+    def changes(self, window):
+        """The 1-minute window, read both ways at once: every updated window goes to the candle cache (and
+        raises its new alerts), every closed one flows on to the statistics. Quix's current() drops the
+        closed windows and final() the updates; one state read both ways is half the work of two windows.
+        (`_apply_window` is how Quix builds current() and final() themselves.)"""
+        outputs = self.outputs
 
-        alerts = candles.apply(self.detect_alerts, stateful=True, expand=True)
-        alerts.to_topic(self.out_topic(s.stream_alerts_topic, schemas.ALERT, "alerts_out"), key=lambda a: a["alert_id"])
+        def updates_and_closes(value, key, timestamp_ms, headers, transaction):
+            updated, closed = window.process_window(value=value, key=key, timestamp_ms=timestamp_ms,
+                                                    headers=headers, transaction=transaction)
+            for key, w in updated:
+                outputs.candle(key, w)
+                for rule, amount, threshold in w["value"]["new"]:
+                    outputs.alert(key, w, rule, amount, threshold)
+            for key, w in closed:
+                yield w["value"], key, w["start"], None
 
-        stats = (
-            trades.tumbling_window(duration_ms=MINUTE_MS, grace_ms=grace_ms, name="minutes_1m",
-                                   on_late=lambda *a, **k: False)  # the candles window logs late trades
-            .reduce(reducer=minute_add, initializer=minute_init)
-            .final()
-            .apply(lambda w: w["value"])
-            .hopping_window(duration_ms=5 * MINUTE_MS, step_ms=MINUTE_MS, grace_ms=grace_ms, name="stats_5m")
-            .reduce(reducer=stats_add, initializer=stats_init)
-            .final()
-            .apply(lambda w, key, _ts, _headers: stats_record(key, w["start"], w["end"], w["value"]), metadata=True)
-        )
-        stats.to_topic(self.out_topic(s.stream_stats_topic, schemas.STATS, "stats_out"))
-
-    def out_topic(self, name: str, fields, counter: str):
-        def dumps(value: dict) -> bytes:
-            self.counters[counter] += 1  # counted here: one step less per record than an .update()
-            return schemas.to_json(fields, value)
-
-        return self.app.topic(name, key_serializer="str", value_serializer=JSONSerializer(dumps=dumps))
+        return window._apply_window(func=updates_and_closes, name=window.name)
 
     # ---- steps ---------------------------------------------------------------------------------
 
@@ -140,25 +182,6 @@ class StreamFunction:
         log.warning("late trade %s id %s at %d is %d ms past the grace of window %d-%d (%s[%d]@%d); not counted",
                     key, value.get("id"), timestamp_ms, late_by_ms, start, end, topic, partition, offset)
         return False  # logged here, with the trade's id
-
-    def detect_alerts(self, candle: dict, state) -> list[dict]:
-        """Alerts the candle raises that this symbol has not raised yet (state holds the ids sent)."""
-        broken = self.rules.check(candle)
-        if not broken:  # the common case touches no state
-            return []
-        out = []
-        sent = state.get("sent", [])
-        for rule, value, threshold in broken:
-            aid = alert_id(candle["symbol"], rule, candle["window_start"])
-            if aid in sent:
-                continue
-            sent.append(aid)
-            out.append({"alert_id": aid, "symbol": candle["symbol"], "rule": rule,
-                        "window_start": candle["window_start"], "value": value, "threshold": threshold,
-                        "price": Decimal(candle["close"]), "detected_at": int(time.time() * 1000)})
-        if out:
-            state.set("sent", sent[-200:])  # ids of recent windows are enough: older windows are closed
-        return out
 
     # ---- reporting -----------------------------------------------------------------------------
 

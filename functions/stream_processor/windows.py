@@ -18,53 +18,66 @@ class BadRecord(ValueError):
     pass
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads with options builds one per call
+
+
 def parse_trade(raw: bytes) -> dict:
-    """A trade record from the source, checked; BadRecord names what is wrong."""
+    """A trade record from the source, checked; BadRecord names what is wrong. Price and quantity stay
+    Decimals, with the digits the source wrote."""
     try:
-        trade = json.loads(raw, parse_float=Decimal)
-    except (ValueError, TypeError) as err:
+        trade = _DECODER.decode(raw.decode())
+    except (ValueError, TypeError, AttributeError) as err:  # AttributeError: no value at all
         raise BadRecord(f"not JSON: {err}") from None
     if not isinstance(trade, dict):
         raise BadRecord("not a JSON object")
-    missing = [k for k in ("symbol", "agg_id", "price", "qty", "trade_time") if k not in trade]
-    if missing:
-        raise BadRecord(f"missing field(s) {', '.join(missing)}")
     try:
-        price, qty = Decimal(trade["price"]), Decimal(trade["qty"])
-    except (InvalidOperation, TypeError, ValueError):
-        raise BadRecord(f"price {trade['price']!r} or qty {trade['qty']!r} is not a number") from None
+        symbol, agg_id, price, qty, trade_time = (trade["symbol"], trade["agg_id"], trade["price"], trade["qty"],
+                                                  trade["trade_time"])
+    except KeyError:
+        missing = [k for k in ("symbol", "agg_id", "price", "qty", "trade_time") if k not in trade]
+        raise BadRecord(f"missing field(s) {', '.join(missing)}") from None
+    if type(price) is not Decimal or type(qty) is not Decimal:
+        try:
+            price, qty = Decimal(price), Decimal(qty)
+        except (InvalidOperation, TypeError, ValueError):
+            raise BadRecord(f"price {price!r} or qty {qty!r} is not a number") from None
     if not price.is_finite() or price <= 0:
         raise BadRecord(f"price {price} is not positive")
     if not qty.is_finite() or qty < 0:
         raise BadRecord(f"quantity {qty} is negative")
-    if not isinstance(trade["agg_id"], int) or not isinstance(trade["trade_time"], int):
+    if type(agg_id) is not int or type(trade_time) is not int:
         raise BadRecord("agg_id and trade_time must be integers")
-    return {"symbol": str(trade["symbol"]), "id": trade["agg_id"], "p": str(price), "q": str(qty),
+    return {"symbol": str(symbol), "id": agg_id, "p": price, "q": qty,
             "n": int(trade.get("last_trade_id", 0)) - int(trade.get("first_trade_id", 0)) + 1}
 
 
-# ---- 1-minute candles ------------------------------------------------------------------------------
+# ---- 1-minute aggregates -----------------------------------------------------------------------------
+# One window per trade: the aggregate holds the candle, the sums the 5-minute statistics need (sum of
+# prices and of their squares), and the alert rules this window has broken.
 
-def candle_init(t: dict) -> dict:
-    p, q = Decimal(t["p"]), Decimal(t["q"])
-    return {"open": t["p"], "open_id": t["id"], "close": t["p"], "close_id": t["id"], "high": t["p"], "low": t["p"],
-            "volume": t["q"], "quote": str(p * q), "count": 1}
+def minute_init(t: dict) -> dict:
+    p, q = t["p"], t["q"]
+    ps = str(p)
+    return {"open": ps, "open_id": t["id"], "close": ps, "close_id": t["id"], "high": ps, "low": ps,
+            "volume": str(q), "quote": str(p * q), "count": 1, "sum_p": ps, "sum_p2": str(p * p)}
 
 
-def candle_add(c: dict, t: dict) -> dict:
-    p, q = Decimal(t["p"]), Decimal(t["q"])
-    if t["id"] < c["open_id"]:
-        c["open"], c["open_id"] = t["p"], t["id"]
-    if t["id"] > c["close_id"]:
-        c["close"], c["close_id"] = t["p"], t["id"]
-    if p > Decimal(c["high"]):
-        c["high"] = t["p"]
-    if p < Decimal(c["low"]):
-        c["low"] = t["p"]
-    c["volume"] = str(Decimal(c["volume"]) + q)
-    c["quote"] = str(Decimal(c["quote"]) + p * q)
-    c["count"] += 1
-    return c
+def minute_add(m: dict, t: dict) -> dict:
+    p, q = t["p"], t["q"]
+    if t["id"] < m["open_id"]:
+        m["open"], m["open_id"] = str(p), t["id"]
+    if t["id"] > m["close_id"]:
+        m["close"], m["close_id"] = str(p), t["id"]
+    if p > Decimal(m["high"]):
+        m["high"] = str(p)
+    if p < Decimal(m["low"]):
+        m["low"] = str(p)
+    m["volume"] = str(Decimal(m["volume"]) + q)
+    m["quote"] = str(Decimal(m["quote"]) + p * q)
+    m["sum_p"] = str(Decimal(m["sum_p"]) + p)
+    m["sum_p2"] = str(Decimal(m["sum_p2"]) + p * p)
+    m["count"] += 1
+    return m
 
 
 def candle_record(symbol: str, start: int, end: int, c: dict) -> dict:
@@ -80,38 +93,24 @@ def candle_record(symbol: str, start: int, end: int, c: dict) -> dict:
 # consecutive 1-minute buckets, and merging five aggregates is far cheaper than updating five windows
 # per trade.
 
-def minute_init(t: dict) -> dict:
-    p = Decimal(t["p"])
-    return candle_init(t) | {"sum_p": t["p"], "sum_p2": str(p * p)}
-
-
-def minute_add(m: dict, t: dict) -> dict:
-    p = Decimal(t["p"])
-    sum_p, sum_p2 = Decimal(m["sum_p"]) + p, Decimal(m["sum_p2"]) + p * p
-    m = candle_add(m, t)
-    m["sum_p"], m["sum_p2"] = str(sum_p), str(sum_p2)
-    return m
-
-
-def stats_init(minute: dict) -> dict:
-    return dict(minute)
-
-
-def stats_add(s: dict, m: dict) -> dict:
-    """Merge a 1-minute aggregate into a 5-minute one (minutes may arrive in any order)."""
-    out = dict(s)
-    if m["open_id"] < s["open_id"]:
-        out["open"], out["open_id"] = m["open"], m["open_id"]
-    if m["close_id"] > s["close_id"]:
-        out["close"], out["close_id"] = m["close"], m["close_id"]
-    if Decimal(m["high"]) > Decimal(s["high"]):
-        out["high"] = m["high"]
-    if Decimal(m["low"]) < Decimal(s["low"]):
-        out["low"] = m["low"]
-    for field in ("volume", "quote", "sum_p", "sum_p2"):
-        out[field] = str(Decimal(s[field]) + Decimal(m[field]))
-    out["count"] = s["count"] + m["count"]
-    return out
+def stats_merge(minutes: list[dict]) -> dict:
+    """A 5-minute aggregate from its closed 1-minute aggregates (in any order)."""
+    first = minutes[0]
+    out = {f: first[f] for f in ("open", "open_id", "close", "close_id", "high", "low", "count")}
+    sums = {f: Decimal(first[f]) for f in ("volume", "sum_p", "sum_p2")}
+    for m in minutes[1:]:
+        if m["open_id"] < out["open_id"]:
+            out["open"], out["open_id"] = m["open"], m["open_id"]
+        if m["close_id"] > out["close_id"]:
+            out["close"], out["close_id"] = m["close"], m["close_id"]
+        if Decimal(m["high"]) > Decimal(out["high"]):
+            out["high"] = m["high"]
+        if Decimal(m["low"]) < Decimal(out["low"]):
+            out["low"] = m["low"]
+        for f in sums:
+            sums[f] += Decimal(m[f])
+        out["count"] += m["count"]
+    return out | sums
 
 
 def stats_record(symbol: str, start: int, end: int, s: dict) -> dict:
@@ -138,18 +137,26 @@ class AlertRules:
     move_pct_by_symbol: dict[str, Decimal]
     quote_volume_by_symbol: dict[str, Decimal]
 
-    def check(self, candle: dict) -> list[tuple[str, Decimal, Decimal]]:
-        """(rule, value, threshold) of each rule the candle breaks."""
-        symbol = candle["symbol"]
-        out = []
-        move = (Decimal(candle["high"]) - Decimal(candle["low"])) / Decimal(candle["open"]) * 100
-        move_limit = self.move_pct_by_symbol.get(symbol, self.move_pct)
-        if move >= move_limit:
-            out.append(("price_move", move, move_limit))
-        volume_limit = self.quote_volume_by_symbol.get(symbol, self.quote_volume)
-        if candle["quote_volume"] >= volume_limit:
-            out.append(("volume_spike", candle["quote_volume"], volume_limit))
-        return out
+    def mark(self, symbol: str, m: dict) -> dict:
+        """Check the 1-minute aggregate after a trade: `m["new"]` lists (rule, value, threshold) of each rule
+        this trade made the window break for the first time; `m["alerted"]` keeps every rule it broke, so
+        a window raises each alert once."""
+        alerted = m.get("alerted", ())
+        new = []
+        if "price_move" not in alerted:
+            limit = self.move_pct_by_symbol.get(symbol, self.move_pct)
+            spread, open_ = Decimal(m["high"]) - Decimal(m["low"]), Decimal(m["open"])
+            if spread * 100 >= limit * open_:  # no division on the common path: this runs for every trade
+                new.append(("price_move", str(spread / open_ * 100), str(limit)))
+        if "volume_spike" not in alerted:
+            limit = self.quote_volume_by_symbol.get(symbol, self.quote_volume)
+            quote = Decimal(m["quote"])
+            if quote >= limit:
+                new.append(("volume_spike", str(quote), str(limit)))
+        if new:
+            m["alerted"] = [*alerted, *(rule for rule, _, _ in new)]
+        m["new"] = new
+        return m
 
 
 def alert_id(symbol: str, rule: str, window_start: int) -> str:
