@@ -135,8 +135,9 @@ class StreamFunction:
         trades = trades.apply(self.parse).filter(lambda t: t is not None)
         minutes = trades.tumbling_window(duration_ms=MINUTE_MS, grace_ms=grace_ms, name="minutes_1m",
                                          on_late=self.on_late)
-        minutes = minutes.reduce(reducer=lambda m, t: self.rules.mark(t["symbol"], minute_add(m, t)),
-                                 initializer=lambda t: self.rules.mark(t["symbol"], minute_init(t)))
+        rules = self.rules
+        minutes = minutes.reduce(reducer=lambda m, t: minute_add(m, t, rules),
+                                 initializer=lambda t: minute_init(t, rules))
         closed = self.changes(minutes)
         # Each closed minute is stored once and the five are merged when the window closes, rather than
         # merged into five window states as it arrives. (A new store name: "stats_5m" held reduced values.)

@@ -47,37 +47,40 @@ def parse_trade(raw: bytes) -> dict:
         raise BadRecord(f"quantity {qty} is negative")
     if type(agg_id) is not int or type(trade_time) is not int:
         raise BadRecord("agg_id and trade_time must be integers")
-    return {"symbol": str(symbol), "id": agg_id, "p": price, "q": qty,
-            "n": int(trade.get("last_trade_id", 0)) - int(trade.get("first_trade_id", 0)) + 1}
+    return {"symbol": str(symbol), "id": agg_id, "p": price, "q": qty}
 
 
 # ---- 1-minute aggregates -----------------------------------------------------------------------------
-# One window per trade: the aggregate holds the candle, the sums the 5-minute statistics need (sum of
-# prices and of their squares), and the alert rules this window has broken.
+# One window state per trade: the aggregate holds the candle, the sums the 5-minute statistics need (sum of
+# prices and of their squares), and the alert rules this window has broken. This runs for every trade,
+# so each stored string is read into a Decimal once.
 
-def minute_init(t: dict) -> dict:
+def minute_init(t: dict, rules: AlertRules) -> dict:
     p, q = t["p"], t["q"]
-    ps = str(p)
-    return {"open": ps, "open_id": t["id"], "close": ps, "close_id": t["id"], "high": ps, "low": ps,
-            "volume": str(q), "quote": str(p * q), "count": 1, "sum_p": ps, "sum_p2": str(p * p)}
+    ps, quote = str(p), p * q
+    m = {"open": ps, "open_id": t["id"], "close": ps, "close_id": t["id"], "high": ps, "low": ps,
+         "volume": str(q), "quote": str(quote), "count": 1, "sum_p": ps, "sum_p2": str(p * p)}
+    return rules.mark(t["symbol"], m, p, p, quote)
 
 
-def minute_add(m: dict, t: dict) -> dict:
-    p, q = t["p"], t["q"]
-    if t["id"] < m["open_id"]:
-        m["open"], m["open_id"] = str(p), t["id"]
-    if t["id"] > m["close_id"]:
-        m["close"], m["close_id"] = str(p), t["id"]
-    if p > Decimal(m["high"]):
-        m["high"] = str(p)
-    if p < Decimal(m["low"]):
-        m["low"] = str(p)
+def minute_add(m: dict, t: dict, rules: AlertRules) -> dict:
+    p, q, tid = t["p"], t["q"], t["id"]
+    if tid < m["open_id"]:
+        m["open"], m["open_id"] = str(p), tid
+    if tid > m["close_id"]:
+        m["close"], m["close_id"] = str(p), tid
+    high, low = Decimal(m["high"]), Decimal(m["low"])
+    if p > high:
+        high, m["high"] = p, str(p)
+    elif p < low:
+        low, m["low"] = p, str(p)
+    quote = Decimal(m["quote"]) + p * q
+    m["quote"] = str(quote)
     m["volume"] = str(Decimal(m["volume"]) + q)
-    m["quote"] = str(Decimal(m["quote"]) + p * q)
     m["sum_p"] = str(Decimal(m["sum_p"]) + p)
     m["sum_p2"] = str(Decimal(m["sum_p2"]) + p * p)
     m["count"] += 1
-    return m
+    return rules.mark(t["symbol"], m, high, low, quote)
 
 
 def candle_record(symbol: str, start: int, end: int, c: dict) -> dict:
@@ -137,7 +140,7 @@ class AlertRules:
     move_pct_by_symbol: dict[str, Decimal]
     quote_volume_by_symbol: dict[str, Decimal]
 
-    def mark(self, symbol: str, m: dict) -> dict:
+    def mark(self, symbol: str, m: dict, high: Decimal, low: Decimal, quote: Decimal) -> dict:
         """Check the 1-minute aggregate after a trade: `m["new"]` lists (rule, value, threshold) of each rule
         this trade made the window break for the first time; `m["alerted"]` keeps every rule it broke, so
         a window raises each alert once."""
@@ -145,12 +148,11 @@ class AlertRules:
         new = []
         if "price_move" not in alerted:
             limit = self.move_pct_by_symbol.get(symbol, self.move_pct)
-            spread, open_ = Decimal(m["high"]) - Decimal(m["low"]), Decimal(m["open"])
-            if spread * 100 >= limit * open_:  # no division on the common path: this runs for every trade
-                new.append(("price_move", str(spread / open_ * 100), str(limit)))
+            open_ = Decimal(m["open"])
+            if (high - low) * 100 >= limit * open_:  # no division on the common path
+                new.append(("price_move", str((high - low) / open_ * 100), str(limit)))
         if "volume_spike" not in alerted:
             limit = self.quote_volume_by_symbol.get(symbol, self.quote_volume)
-            quote = Decimal(m["quote"])
             if quote >= limit:
                 new.append(("volume_spike", str(quote), str(limit)))
         if new:
