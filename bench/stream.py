@@ -18,6 +18,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
+from quixstreams import Application
 
 from bench.common import TAPES, fresh_topic, produce_all, record
 from cryptopipe.settings import get_settings
@@ -63,6 +64,25 @@ def raw_consume(settings, topic: str, n: int) -> float:
     return (n - start_seen) / elapsed
 
 
+def timed(run, stop, processed, n: int) -> float:
+    """Records per second processed by `run()` (in this thread: Quix installs its signal handlers there),
+    from the first 10% of the records to the last; `stop()` ends it."""
+    marks = {}
+
+    def watch():
+        while processed() < WARMUP * n:
+            time.sleep(0.001)
+        marks["start"], marks["from"] = time.perf_counter(), processed()
+        while processed() < n:
+            time.sleep(0.01)
+        marks["end"] = time.perf_counter()
+        stop()
+
+    threading.Thread(target=watch, daemon=True).start()
+    run()
+    return (n - marks["from"]) / (marks["end"] - marks["start"])
+
+
 def stream_rate(settings, topic: str, n: int, workdir: Path) -> float:
     u = uuid.uuid4().hex[:6]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
@@ -72,34 +92,44 @@ def stream_rate(settings, topic: str, n: int, workdir: Path) -> float:
         "stream_alerts_topic": outs[2], "stream_dlq_topic": outs[3], "stream_consumer_group": f"bench-stream-{u}",
         "var_dir": workdir / f"var-{u}"})
     function = StreamFunction(s)
-    marks = {}
-
-    def watch():
-        while function.counters["trades_in"] < WARMUP * n:
-            time.sleep(0.001)
-        marks["start"], marks["from"] = time.perf_counter(), function.counters["trades_in"]
-        while function.counters["trades_in"] < n:
-            time.sleep(0.01)
-        marks["end"] = time.perf_counter()
-        function.app.stop()
-
-    threading.Thread(target=watch, daemon=True).start()
-    function.run()  # in the main thread: Quix installs its signal handlers there
-    return (n - marks["from"]) / (marks["end"] - marks["start"])
+    return timed(function.run, function.app.stop, lambda: function.counters["trades_in"], n)
 
 
-def measure(settings, trades: list[tuple], workdir: Path) -> tuple[int, float, float]:
+def quix_window_floor(settings, topic: str, n: int, workdir: Path) -> float:
+    """What Quix Streams itself costs here: one tumbling window summing integers, nothing parsed, nothing
+    written, same guarantee and commit interval as the stream function. No function built on its windows
+    can be faster."""
+    u = uuid.uuid4().hex[:6]
+    app = Application(broker_address=settings.kafka_bootstrap, consumer_group=f"bench-floor-{u}",
+                      auto_offset_reset="earliest", processing_guarantee=settings.stream_processing_guarantee,
+                      commit_interval=settings.stream_commit_interval_s, state_dir=str(workdir / f"floor-{u}"),
+                      loglevel=None)
+    seen = [0]
+
+    def one(_value) -> int:
+        seen[0] += 1
+        return 1
+
+    (app.dataframe(app.topic(topic, key_deserializer="str", value_deserializer="bytes")).apply(one)
+     .tumbling_window(duration_ms=60_000, grace_ms=settings.stream_grace_s * 1000, name="floor")
+     .reduce(reducer=lambda total, v: total + v, initializer=lambda v: v).final())
+    return timed(app.run, app.stop, lambda: seen[0], n)
+
+
+def measure(settings, trades: list[tuple], workdir: Path) -> tuple[int, float, float, float]:
     topic = fresh_topic(AdminClient({"bootstrap.servers": settings.kafka_bootstrap}), "trades")
     n = fill_topic(settings, topic, trades)
     raw = max(raw_consume(settings, topic, n) for _ in range(3))  # the bare consumer's best: it varies run to run
-    return n, raw, stream_rate(settings, topic, n, workdir)
+    return n, raw, stream_rate(settings, topic, n, workdir), quix_window_floor(settings, topic, n, workdir)
 
 
 def run(workdir: Path) -> None:
     settings = get_settings()
-    n, raw, rate = measure(settings, quiet_trades(), workdir)
+    n, raw, rate, floor = measure(settings, quiet_trades(), workdir)
     record(stream_trades_per_s=round(rate), raw_consumer_trades_per_s=round(raw),
-           stream_vs_raw_consumer=round(rate / raw, 3), stream_bench_trades=n)
-    n, raw, rate = measure(settings, busy_trades(), workdir)
+           stream_vs_raw_consumer=round(rate / raw, 3), stream_bench_trades=n,
+           quix_window_floor_per_s=round(floor), quix_window_floor_vs_raw_consumer=round(floor / raw, 3))
+    n, raw, rate, floor = measure(settings, busy_trades(), workdir)
     record(stream_busy_trades_per_s=round(rate), raw_consumer_busy_trades_per_s=round(raw),
-           stream_busy_vs_raw_consumer=round(rate / raw, 3), stream_busy_bench_trades=n)
+           stream_busy_vs_raw_consumer=round(rate / raw, 3), stream_busy_bench_trades=n,
+           quix_window_floor_busy_per_s=round(floor), quix_window_floor_busy_vs_raw_consumer=round(floor / raw, 3))
