@@ -25,7 +25,7 @@ from datetime import datetime
 
 from confluent_kafka import Producer
 
-from cryptopipe.run import serve
+from cryptopipe.run import serve, write_status
 from cryptopipe.settings import Settings
 from cryptopipe.topics import dlq_headers
 from functions.binance_source.client import (
@@ -396,11 +396,7 @@ class BinanceSource:
             return
         self.last_status = now
         status = self.status()
-        path = self.s.var_dir / "run" / "source.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(path)
+        write_status(self.s, "source", status)
         log.info("produced %d trades; weight %d/%d; %s", self.counters["trades_produced"],
                  status["weight_used"], status["weight_budget"],
                  ", ".join(f"{s} lag {v['lag_ms'] / 1000:.1f}s" if v["lag_ms"] is not None else f"{s} no trade yet"

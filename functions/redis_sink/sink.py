@@ -26,7 +26,7 @@ from collections import Counter
 import redis
 from confluent_kafka import Consumer, Producer
 
-from cryptopipe.run import serve
+from cryptopipe.run import serve, write_status
 from cryptopipe.settings import Settings
 from cryptopipe.topics import dlq_headers
 
@@ -208,10 +208,8 @@ class RedisSink:
         if not force and now - self.last_report < 5:
             return
         self.last_report = now
-        path = self.s.var_dir / "run" / "redis-sink.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": dict(self.counters),
-                                    "stale": sorted(self.stale)}))
+        write_status(self.s, "redis-sink", {"updated_at": int(time.time() * 1000), "counters": dict(self.counters),
+                                            "stale": sorted(self.stale)})
         log.info("counters: %s", dict(self.counters))
 
     def stop(self, *_args) -> None:

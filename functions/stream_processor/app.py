@@ -21,7 +21,6 @@ window; later ones are counted and logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -34,6 +33,7 @@ from quixstreams.sinks import BaseSink
 
 from cryptopipe import schemas
 from cryptopipe.logs import setup_logging
+from cryptopipe.run import write_status
 from cryptopipe.settings import Settings, load_settings
 from cryptopipe.topics import dlq_headers
 from functions.stream_processor.windows import (
@@ -194,11 +194,7 @@ class StreamFunction:
             self.report()
 
     def report(self) -> None:
-        path = self.s.var_dir / "run" / "stream.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".tmp")  # whole, then renamed: others read it while it changes
-        partial.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": dict(self.counters)}))
-        partial.replace(path)
+        write_status(self.s, "stream", {"updated_at": int(time.time() * 1000), "counters": dict(self.counters)})
         log.info("counters: %s", dict(self.counters))
 
     def run(self) -> None:
