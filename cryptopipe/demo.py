@@ -10,7 +10,6 @@ after what Kafka already holds.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -24,6 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cryptopipe import connectors, functions_ctl, ksql_deploy
+from cryptopipe.run import read_status
+from functions.alert_notifier.notifier import OUTCOMES
 from cryptopipe.settings import ROOT, Settings, load_settings
 from cryptopipe.stack import port_open
 from cryptopipe.topics import consumer_lag
@@ -136,6 +137,11 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
     last_ids = {s: tapes[s].ids[-1] for s in symbols}
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     deadline = time.monotonic() + settings.demo_timeout_s
+
+    def alerts_lag() -> int | None:
+        return consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group,
+                            (settings.alert_notifier_topic,)).get(settings.alert_notifier_topic)
+
     with Progress(*columns, console=console) as progress:
         produced = progress.add_task("trades produced", total=total)
         loaded = progress.add_task("rows in trades", total=total)
@@ -144,8 +150,7 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
         notified = progress.add_task("alerts handled by notifier", total=None)
         while time.monotonic() < deadline:
             alive()
-            status_file = settings.var_dir / "run" / "source.json"
-            report = json.loads(status_file.read_text()) if status_file.exists() else {"symbols": {}}
+            report = read_status(settings, "source") or {"symbols": {}}
             done_ids = {s: (v.get("cursor") or 0) - 1 for s, v in report["symbols"].items()}
             n_produced = sum(min(len(tapes[s].ids), max(0, done_ids.get(s, 0) - tapes[s].ids[0] + 1)) for s in symbols)
             n_rows = sum(c for _, c in pg(settings, "SELECT symbol, count(*) FROM trades WHERE symbol = ANY(%s) "
@@ -156,10 +161,9 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
             progress.update(loaded, completed=n_rows)
             progress.update(candles, completed=n_candles)
             progress.update(cached, completed=n_cached)
-            alerts_lag = consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group,
-                                      (settings.alert_notifier_topic,)).get(settings.alert_notifier_topic)
             progress.update(notified, completed=notifier_counters(settings).get("handled", 0))
-            if (n_rows >= total and n_cached == len(symbols) and alerts_lag == 0
+            # The lag probe opens a Kafka admin client and a consumer: only once the cheap checks pass.
+            if (n_rows >= total and n_cached == len(symbols) and alerts_lag() == 0
                     and not candle_problems(settings, symbols)):
                 return True
             time.sleep(1)
@@ -168,16 +172,10 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
     return False
 
 
-# What the notifier can do with an alert (its other counters count attempts and errors).
-NOTIFIER_OUTCOMES = ("delivered", "logged", "suppressed", "duplicates", "stale", "dead_lettered", "bad_records",
-                     "tombstones")
-
-
 def notifier_counters(settings: Settings) -> dict[str, int]:
     """The alert notifier's counters from its status file, with `handled` = every alert it has dealt with."""
-    path = settings.var_dir / "run" / "alert-notifier.json"
-    counters = json.loads(path.read_text()).get("counters", {}) if path.exists() else {}
-    counters["handled"] = sum(counters.get(k, 0) for k in NOTIFIER_OUTCOMES)
+    counters = (read_status(settings, "alert-notifier") or {}).get("counters", {})
+    counters["handled"] = sum(counters.get(k, 0) for k in OUTCOMES)
     return counters
 
 
@@ -219,7 +217,7 @@ def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], conso
         console.print("candles_1m equals the candles recomputed from the trades table, minute by minute.")
     counters = notifier_counters(settings)
     where = "the webhook" if settings.alert_webhook_url else "logs/alert-notifier.log (no ALERT_WEBHOOK_URL set)"
-    console.print(f"Alert notifier: {', '.join(f'{k} {counters[k]:,}' for k in NOTIFIER_OUTCOMES if counters.get(k))}"
+    console.print(f"Alert notifier: {', '.join(f'{k} {counters[k]:,}' for k in OUTCOMES if counters.get(k))}"
                   f" -> {where}")
     console.print(f"Airflow UI: {settings.airflow_url} (user {settings.airflow_admin_user}, password "
                   "AIRFLOW_ADMIN_PASSWORD in .env)")

@@ -72,13 +72,13 @@ def topic_table(stack: NativeStack) -> Table:
 
 def consumer_groups(stack: NativeStack) -> dict[str, str]:
     """The pipeline's consumer groups and what reads with them."""
-    from cryptopipe.connectors import CONNECTOR_DIR
+    from cryptopipe.connectors import load_configs
 
     s = stack.s
     groups = {s.stream_consumer_group: "stream", s.redis_sink_group: "redis-sink",
               s.alert_notifier_group: "alert-notifier"}
     # Kafka Connect names a sink connector's group connect-<connector>.
-    groups.update({f"connect-{path.stem}": f"connector {path.stem}" for path in sorted(CONNECTOR_DIR.glob("*.json"))})
+    groups.update({f"connect-{name}": f"connector {name}" for name in load_configs()})
     return groups
 
 
@@ -186,13 +186,13 @@ def redis_table(stack: NativeStack) -> Table:
 
 def source_table(stack: NativeStack) -> Table | None:
     """The Binance source's own report (var/run/source.json), if it has run."""
-    import json
     import time
 
-    path = stack.run_dir / "source.json"
-    if not path.exists():
+    from cryptopipe.run import read_status
+
+    report = read_status(stack.s, "source")
+    if report is None:
         return None
-    report = json.loads(path.read_text())
     age = time.time() - report["updated_at"] / 1000
     table = Table(title=f"Binance source ({report['base_url']}, report {age:.0f} s old, weight "
                         f"{report['weight_used']}/{report['weight_budget']} of limit {report['weight_limit']})",

@@ -43,7 +43,7 @@ import redis
 import requests
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from cryptopipe.run import serve
+from cryptopipe.run import serve, write_status
 from cryptopipe.settings import Settings
 from cryptopipe.topics import dlq_headers
 
@@ -52,6 +52,8 @@ log = logging.getLogger("alert_notifier")
 COMPONENT = "alert-notifier"
 EMOJI = ":rotating_light:"
 REQUIRED = ("alert_id", "symbol", "rule", "window_start", "value", "threshold")
+# The counters of what became of each record; the others count attempts and errors.
+OUTCOMES = ("delivered", "logged", "suppressed", "duplicates", "stale", "dead_lettered", "bad_records", "tombstones")
 
 # KEYS: the cooldown key of one symbol and rule, holding "<alert_id>|<window_start>" of the alert that opened
 # the cooldown. ARGV: alert_id, window_start (ms), cooldown (ms), ttl (s). 1 = send it, 0 = suppress it.
@@ -573,13 +575,8 @@ class AlertNotifier:
         self.last_report = now
         with self.counter_lock:
             counters = dict(self.counters)
-        path = self.s.var_dir / "run" / "alert-notifier.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole then renamed: make demo and make status read it while it changes.
-        partial = path.with_name(path.name + ".tmp")
-        partial.write_text(json.dumps({"updated_at": int(time.time() * 1000), "counters": counters,
-                                       "in_flight": len(self.in_flight)}))
-        partial.replace(path)
+        write_status(self.s, "alert-notifier", {"updated_at": int(time.time() * 1000), "counters": counters,
+                                                "in_flight": len(self.in_flight)})
         log.info("counters: %s", counters)
 
     def stop(self, *_args) -> None:
