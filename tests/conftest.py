@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import uuid
 
+import psycopg2
 import pytest
 
-from cryptopipe.settings import ROOT, get_settings
+from cryptopipe.settings import get_settings
 from cryptopipe.stack import NativeStack
+
+from .helpers import make_demo
 
 
 def pytest_collection_modifyitems(items):
@@ -54,5 +56,14 @@ def airflow_env(settings, tmp_path_factory):
 @pytest.fixture(scope="session")
 def pipeline_data(stack):
     """The bundled tapes through the real pipeline (make demo is idempotent and quick the second time)."""
-    result = subprocess.run(["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = make_demo()
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.fixture
+def owner_cur(settings):
+    """A cursor as the database owner, autocommitting."""
+    owner = psycopg2.connect(**settings.pg_params("owner"))
+    owner.autocommit = True
+    yield owner.cursor()
+    owner.close()

@@ -157,3 +157,26 @@ def restart_service(stack, name: str, down_s: float) -> None:
     time.sleep(down_s)
     svc.start()
     wait_for(lambda: stack.is_up(svc), 120, f"{name} to come back")
+
+
+def make_demo(tape_dir=None) -> subprocess.CompletedProcess:
+    """`make demo` exactly as a user runs it."""
+    args = ["make", "demo"] + ([f"TAPE={tape_dir}"] if tape_dir else [])
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def cells(out: str, first: str) -> list[list[str]]:
+    """The rows of the tables in `out` (rich's box drawing) whose first cell is `first`, split into cells."""
+    rows = []
+    for line in out.splitlines():
+        parts = [c.strip() for c in line.strip().strip("│").split("│")]
+        if parts and parts[0] == first:
+            rows.append(parts)
+    return rows
+
+
+def kill_running(procs) -> None:
+    """kill -9 whatever a test started that still runs, pass or fail."""
+    for proc in procs:
+        if proc.proc.poll() is None:
+            proc.kill9()

@@ -96,12 +96,10 @@ def test_airflow_comes_back_after_a_postgres_outage(stack, airflow):
     def beating_since_back() -> bool:
         # Healthy alone could be a heartbeat from before the outage, still inside the health threshold.
         try:
-            report = requests.get(f"{airflow.airflow_url}/api/v2/monitor/health", timeout=5).json()
+            return all(airflow_services.component_healthy(airflow, c, since=back)
+                       for c in airflow_services.COMPONENTS.values())
         except (requests.RequestException, ValueError):  # the api-server itself may be reconnecting
             return False
-        return all(report[c]["status"] == "healthy"
-                   and datetime.fromisoformat(report[c][f"latest_{c}_heartbeat"]) > back
-                   for c in ("scheduler", "dag_processor", "triggerer"))
 
     wait_for(beating_since_back, timeout=180, what="a heartbeat from every Airflow component after the outage",
              interval=2)

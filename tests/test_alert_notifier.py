@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from cryptopipe import schemas
 from functions.alert_notifier.notifier import BadAlert, parse_alert, parse_retry_after
 
-from .helpers import Process, caught_up, create_topics, delete_topics, read_topic, wait_for
+from .helpers import Process, caught_up, create_topics, delete_topics, kill_running, read_topic, wait_for
 
 MIN = 60_000
 
@@ -143,9 +143,7 @@ def harness(settings, unique, tmp_path):
     h = Harness()
     create_topics(settings, h.topic, h.dlq, partitions=1)
     yield h
-    for proc in h.procs:
-        if proc.proc.poll() is None:
-            proc.kill9()
+    kill_running(h.procs)
     h.receiver.shutdown()
     delete_topics(settings, h.topic, h.dlq)
     r = redis.Redis.from_url(settings.redis_url)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from datetime import timedelta
 
-import psycopg2
 
 from cryptopipe.dag_test import DAGS, run_dag
 
@@ -38,10 +37,8 @@ print("RESULT " + json.dumps({{"errors": {{k: str(v) for k, v in bag.import_erro
         assert tags and catchup is False and has_doc and tz_aware and retries >= 1, dag_id
 
 
-def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airflow_env, pipeline_data, settings):
-    owner = psycopg2.connect(**settings.pg_params("owner"))
-    owner.autocommit = True
-    cur = owner.cursor()
+def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airflow_env, pipeline_data, owner_cur):
+    cur = owner_cur
     cur.execute("SELECT min(window_start), max(window_start) FROM candles_1m WHERE symbol = ANY(%s)", (SYMBOLS,))
     first, last = cur.fetchone()
     conf = {"start": first.isoformat(), "end": (last + timedelta(minutes=1)).isoformat(), "symbols": SYMBOLS}
@@ -68,13 +65,10 @@ def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airfl
     assert {r[0] for r in cur.fetchall()} == {"validity", "consistency"}
     cur.execute("SELECT count(*) FROM alerts WHERE rule = 'quality:validity' AND window_start = %s", (conf["start"],))
     assert cur.fetchone()[0] == 1
-    owner.close()
 
 
-def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_env, pipeline_data, settings):
-    owner = psycopg2.connect(**settings.pg_params("owner"))
-    owner.autocommit = True
-    cur = owner.cursor()
+def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_env, pipeline_data, owner_cur):
+    cur = owner_cur
     cur.execute("SELECT min(window_start), max(window_start) FROM candles_1m WHERE symbol = ANY(%s)", (SYMBOLS,))
     first, last = cur.fetchone()
     cur.execute("INSERT INTO trades VALUES ('OLDTEST', 1, 1, 1, 1, 1, '2000-01-01T00:00:00Z', true) "
@@ -114,16 +108,13 @@ def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_en
     run_dag(airflow_env, "crypto_batch_processing", conf)  # idempotent for its interval
     cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
     assert cur.fetchall() == before
-    owner.close()
 
 
-def test_analysis_indicators_equal_a_computation_from_the_closes(airflow_env, pipeline_data, settings):
+def test_analysis_indicators_equal_a_computation_from_the_closes(airflow_env, pipeline_data, owner_cur):
     import math
     import statistics
 
-    owner = psycopg2.connect(**settings.pg_params("owner"))
-    owner.autocommit = True
-    cur = owner.cursor()
+    cur = owner_cur
     cur.execute("SELECT window_start, close FROM candles_1m WHERE symbol = 'XRPETH' ORDER BY window_start")
     series = cur.fetchall()
     conf = {"start": series[0][0].isoformat(), "end": (series[-1][0] + timedelta(minutes=1)).isoformat(),
@@ -132,7 +123,6 @@ def test_analysis_indicators_equal_a_computation_from_the_closes(airflow_env, pi
     cur.execute("SELECT window_start, sma_20, ema_20, rsi_14, volatility_60 FROM indicators_1m "
                 "WHERE symbol = 'XRPETH' ORDER BY window_start")
     got = cur.fetchall()
-    owner.close()
     assert [g[0] for g in got] == [s[0] for s in series]
     closes = [float(c) for _, c in series]
 

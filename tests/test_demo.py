@@ -6,19 +6,11 @@ import random
 import re
 import shutil
 import string
-import subprocess
 from pathlib import Path
 
 import psycopg2
 
-from cryptopipe.settings import ROOT
-
-from .helpers import TAPES, tape
-
-
-def make_demo(tape_dir=None) -> subprocess.CompletedProcess:
-    args = ["make", "demo"] + ([f"TAPE={tape_dir}"] if tape_dir else [])
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+from .helpers import TAPES, cells, make_demo, tape
 
 
 def test_make_demo_on_the_bundled_tapes_agrees_end_to_end(stack, settings):
@@ -35,10 +27,9 @@ def test_make_demo_on_the_bundled_tapes_agrees_end_to_end(stack, settings):
                         (symbol,))
             assert cur.fetchone() == (len(ids), len(ids), ids[0], ids[-1])
             # The summary's row says the same: trades in the tape, rows in trades, every quality check passed.
-            row = next(line for line in out.splitlines() if line.startswith(f"│ {symbol} "))
-            cells = [c.strip() for c in row.strip().strip("│").split("│")]
-            assert cells[1] == cells[2] == f"{len(ids):,}", row
-            assert cells[7] == "5/5", row
+            row = cells(out, symbol)[0]
+            assert row[1] == row[2] == f"{len(ids):,}", row
+            assert row[7] == "5/5", row
         # The quality checks and the report ran in the running Airflow, and their results are where it says.
         runs = dict(re.findall(r"^Airflow run (\w+) (\S+): success", out, flags=re.M))
         assert set(runs) == {"data_quality_check", "crypto_reports"}, out[-3000:]

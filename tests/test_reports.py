@@ -13,7 +13,6 @@ from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from cryptopipe.dag_test import run_dag
@@ -94,14 +93,10 @@ def assert_page_matches(page: ReportPage, table: dict, candles: dict) -> None:
 
 
 @pytest.fixture
-def db(settings, tmp_path):
-    owner = psycopg2.connect(**settings.pg_params("owner"))
-    owner.autocommit = True
-    cur = owner.cursor()
-    yield cur
+def db(owner_cur, tmp_path):
+    yield owner_cur
     # Only this test's rows: their pages were in its temporary folder.
-    cur.execute("DELETE FROM reports WHERE path LIKE %s", (f"{tmp_path}/%",))
-    owner.close()
+    owner_cur.execute("DELETE FROM reports WHERE path LIKE %s", (f"{tmp_path}/%",))
 
 
 def stamp(ts: datetime) -> str:

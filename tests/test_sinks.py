@@ -21,7 +21,7 @@ from cryptopipe import connectors
 from replay.server import Replay, shift_to_now, start_in_thread
 from replay.tape import load_tapes
 
-from .helpers import TAPES, Process, read_topic, restart_service, tape, wait_for
+from .helpers import TAPES, Process, kill_running, read_topic, restart_service, tape, wait_for
 from .test_stream import plain_candles
 
 SHORT = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
@@ -107,9 +107,7 @@ def processes():
     """Processes a test starts; whatever still runs at the end is killed, pass or fail."""
     started: list[Process] = []
     yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.kill9()
+    kill_running(started)
 
 
 def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings, world, tmp_path, processes):

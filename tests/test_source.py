@@ -14,7 +14,8 @@ from functions.binance_source.resume import partition_for
 from replay.server import Replay, start_in_thread
 from replay.tape import load_tapes
 
-from .helpers import TAPES, Process, create_topics, delete_topics, read_topic, tape, topic_size, wait_for
+from .helpers import (TAPES, Process, create_topics, delete_topics, kill_running, read_topic, tape, topic_size,
+                      wait_for)
 
 SHORT_TAPES = {"BTCUSDT": "btcusdt_aggtrades_20210404.json", "ETHUSDT": "ethusdt_aggtrades_20210404.json",
                "DOTUSDT": "dotusdt_aggtrades_20210404.json"}
@@ -66,9 +67,7 @@ def harness(settings, unique, tmp_path):
     create_topics(settings, h.topic, partitions=3)
     create_topics(settings, h.dlq, partitions=1)
     yield h
-    for proc in h.processes:
-        if proc.proc.poll() is None:
-            proc.kill9()
+    kill_running(h.processes)
     if hasattr(h, "server"):
         h.server.shutdown()
     delete_topics(settings, h.topic, h.dlq)

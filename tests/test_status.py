@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cryptopipe.settings import ROOT
 
-from .helpers import create_topics
+from .helpers import cells, create_topics
 
 
 def status(env: dict[str, str] | None = None) -> str:
@@ -22,15 +22,6 @@ def status(env: dict[str, str] | None = None) -> str:
                             text=True, timeout=120, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return result.stdout
-
-
-def cells(out: str, first: str) -> list[list[str]]:
-    rows = []
-    for line in out.splitlines():
-        parts = [c.strip() for c in line.strip().strip("│").split("│")]
-        if parts and parts[0] == first:
-            rows.append(parts)
-    return rows
 
 
 def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):

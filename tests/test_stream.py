@@ -22,6 +22,7 @@ from .helpers import (
     caught_up,
     create_topics,
     delete_topics,
+    kill_running,
     latest_by_key,
     read_topic,
     tape,
@@ -108,9 +109,7 @@ def pipeline(settings, unique, tmp_path):
     create_topics(settings, p.trades, p.candles, p.stats, p.alerts, partitions=3)
     create_topics(settings, p.dlq, partitions=1)
     yield p
-    for proc in p.procs:
-        if proc.proc.poll() is None:
-            proc.kill9()
+    kill_running(p.procs)
     delete_topics(settings, p.trades, p.candles, p.stats, p.alerts, p.dlq)
 
 
