@@ -13,27 +13,27 @@ setup: ## install everything: Debian packages (as root), the venv, Kafka/Connect
 	@bash stack/setup.sh
 
 up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect, Airflow), create topics and tables
-	@$(PY) -m cryptopipe.stack up
+	@$(PY) -m ops.stack up
 
 down: ## stop the functions and exactly what `make up` started
-	@if [ -x $(PY) ]; then $(PY) -m cryptopipe.functions_ctl stop && $(PY) -m cryptopipe.stack down; \
+	@if [ -x $(PY) ]; then $(PY) -m ops.functions_ctl stop && $(PY) -m ops.stack down; \
 	else echo "  nothing to stop (no .venv)"; fi
 
 status: ## health check: services, functions, topics and DLQ depth, consumer lag, connectors, tables, freshness, Airflow
-	@$(PY) -m cryptopipe.stack status
+	@$(PY) -m ops.status
 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end
-	@TAPE="$(TAPE)" $(PY) -m cryptopipe.demo
+	@TAPE="$(TAPE)" $(PY) -m ops.demo
 
 run: up ## live: the pipeline against Binance (BINANCE_BASE_URL, BINANCE_SYMBOLS), functions in the background
-	@$(PY) -m cryptopipe.connectors
-	@$(PY) -m cryptopipe.functions_ctl start
+	@$(PY) -m ops.connectors
+	@$(PY) -m ops.functions_ctl start
 
 start: ## start functions in the background: all, or FN="stream redis-sink" (source, stream, redis-sink, alert-notifier, replay)
-	@$(PY) -m cryptopipe.functions_ctl start $(FN)
+	@$(PY) -m ops.functions_ctl start $(FN)
 
 stop: ## stop the functions in the background: all, or FN="..." as for start
-	@$(PY) -m cryptopipe.functions_ctl stop $(FN)
+	@$(PY) -m ops.functions_ctl stop $(FN)
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)
@@ -54,18 +54,18 @@ alert-notifier: ## run the alert notification function (webhook, or the log only
 	@.venv/bin/alert-notifier
 
 deploy-connectors: ## create/update the JDBC sink connectors and wait for RUNNING (ARGS=--restart-failed)
-	@$(PY) -m cryptopipe.connectors $(ARGS)
+	@$(PY) -m ops.connectors $(ARGS)
 
 deploy-ksql: ## apply ksql/*.sql to ksqlDB (docker-compose); says so and succeeds when none is reachable
-	@$(PY) -m cryptopipe.ksql_deploy
+	@$(PY) -m ops.ksql_deploy
 
 compose-up: ## docker-compose: build and start everything (ksqlDB, Kafka UI too), then deploy connectors and ksql
 	@docker compose version >/dev/null 2>&1 || { echo "error: \`docker compose\` not found: install Docker Engine with the Compose plugin, or use the native stack (make demo)." >&2; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers (is dockerd running, and may you use it?); or use the native stack (make demo)." >&2; exit 1; }
 	@[ -f .env ] || { echo "error: no .env: cp .env.example .env and replace every change-me (make setup does it with generated secrets)." >&2; exit 1; }
 	docker compose up -d --build --wait
-	docker compose run --rm --no-deps init python -m cryptopipe.connectors
-	docker compose run --rm --no-deps -e KSQLDB_HOST=ksqldb-server init python -m cryptopipe.ksql_deploy
+	docker compose run --rm --no-deps init python -m ops.connectors
+	docker compose run --rm --no-deps -e KSQLDB_HOST=ksqldb-server init python -m ops.ksql_deploy
 
 compose-down: ## docker-compose: stop the containers (volumes kept; `docker compose down -v` deletes them)
 	@docker compose version >/dev/null 2>&1 || { echo "error: \`docker compose\` not found: install Docker Engine with the Compose plugin." >&2; exit 1; }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -15,8 +16,8 @@ import psycopg2
 from psycopg2.extras import execute_values
 
 from bench.common import TAPES, record
-from cryptopipe.dag_test import environment, run_dag
 from cryptopipe.settings import get_settings
+from ops.dag_run import environment, run_dag
 from replay.tape import SymbolTape
 
 SYMBOLS = [f"BENCH{i:02d}" for i in range(10)]
@@ -83,7 +84,5 @@ def run(workdir: Path) -> None:
 
 
 if __name__ == "__main__":
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         run(Path(tmp))

@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from bench.common import TAPES, fresh_topic, produce_all, record
-from cryptopipe.connectors import is_running, load_configs
+from ops.connectors import is_running, load_configs
 from cryptopipe.settings import get_settings
-from functions.binance_source.source import trade_value
+from functions.binance_source.trades import trade_value
 from functions.redis_sink.sink import RedisSink
 
 COPIES = 8  # the XRPETH tape under 8 symbols: ~100,000 real trades
@@ -104,7 +104,7 @@ def redis_throughput(settings, workdir: Path) -> None:
 
     topic, candles = fresh_topic(admin, "redis"), fresh_topic(admin, "redis-candles")
     produce_all(settings.kafka_bootstrap, topic, [r[:3] for r in records])
-    s = settings.model_copy(update={"redis_trades_topic": topic, "redis_candles_topic": candles,
+    s = settings.model_copy(update={"aggtrades_topic": topic, "candles_topic": candles,
                                     "redis_sink_group": f"bench-redis-{uuid.uuid4().hex[:6]}",
                                     "var_dir": workdir / "var"})
     sink = RedisSink(s)
@@ -126,7 +126,7 @@ def redis_latency(settings, workdir: Path, samples: int = 2000) -> None:
     """Trades produced one by one (trade time = send time); the price arrives through pub/sub."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic, candles = fresh_topic(admin, "latency", 1), fresh_topic(admin, "latency-candles", 1)
-    s = settings.model_copy(update={"redis_trades_topic": topic, "redis_candles_topic": candles,
+    s = settings.model_copy(update={"aggtrades_topic": topic, "candles_topic": candles,
                                     "redis_sink_group": f"bench-lat-{uuid.uuid4().hex[:6]}", "var_dir": workdir / "var"})
     symbol = f"LAT{uuid.uuid4().hex[:6].upper()}"
     sink = RedisSink(s)

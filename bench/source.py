@@ -12,7 +12,8 @@ from confluent_kafka.admin import AdminClient
 
 from bench.common import ReplayProcess, copies_of, fresh_topic, produce_all, record
 from cryptopipe.settings import get_settings
-from functions.binance_source.source import BinanceSource, trade_value
+from functions.binance_source.source import BinanceSource
+from functions.binance_source.trades import trade_value
 
 
 def throughput(workdir: Path) -> None:
@@ -36,7 +37,8 @@ def throughput(workdir: Path) -> None:
     try:
         s = settings.model_copy(update={
             "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "0",
-            "source_topic": fresh_topic(admin, "source"), "var_dir": workdir / "var", "source_status_interval_s": 60.0,
+            "aggtrades_topic": fresh_topic(admin, "source"), "var_dir": workdir / "var",
+            "source_status_interval_s": 60.0,
         })
         source = BinanceSource(s)
         thread = threading.Thread(target=source.run)
@@ -88,7 +90,8 @@ def lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: float 
         trades = {n: [(a, t + shift_ms) for a, t in rows] for n, rows in trades.items()}
         s = settings.model_copy(update={
             "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "",
-            "source_topic": fresh_topic(admin, "lag"), "var_dir": workdir / "var", "source_status_interval_s": 60.0,
+            "aggtrades_topic": fresh_topic(admin, "lag"), "var_dir": workdir / "var",
+            "source_status_interval_s": 60.0,
         })
         source = BinanceSource(s)
         thread = threading.Thread(target=source.run)

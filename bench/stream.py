@@ -22,7 +22,7 @@ from quixstreams import Application
 
 from bench.common import TAPES, fresh_topic, produce_all, record
 from cryptopipe.settings import get_settings
-from functions.binance_source.source import trade_value
+from functions.binance_source.trades import trade_value
 from functions.stream_processor.app import StreamFunction
 
 WARMUP = 0.1  # both clocks start after the first 10% of the trades, once fetching has settled
@@ -86,10 +86,10 @@ def timed(run, stop, processed, n: int) -> float:
 def stream_rate(settings, topic: str, n: int, workdir: Path) -> float:
     u = uuid.uuid4().hex[:6]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    outs = [fresh_topic(admin, name) for name in ("candles", "stats", "alerts", "dlq")]
+    outs = [fresh_topic(admin, name) for name in ("candles", "stats", "alerts")]
     s = settings.model_copy(update={
-        "stream_input_topic": topic, "stream_candles_topic": outs[0], "stream_stats_topic": outs[1],
-        "stream_alerts_topic": outs[2], "stream_dlq_topic": outs[3], "stream_consumer_group": f"bench-stream-{u}",
+        "aggtrades_topic": topic, "candles_topic": outs[0], "stats_topic": outs[1],
+        "alerts_topic": outs[2], "dlq_topic_prefix": f"bench.{u}.dlq.", "stream_consumer_group": f"bench-stream-{u}",
         "var_dir": workdir / f"var-{u}"})
     function = StreamFunction(s)
     return timed(function.run, function.app.stop, lambda: function.counters["trades_in"], n)

@@ -1,1 +1,1 @@
-"""Shared pieces of the crypto pipeline: settings, topic declarations, the native stack and the database."""
+"""The shared core every function imports: settings, topics, record schemas, logging, the run skeleton."""

@@ -1,15 +1,18 @@
 """How each function process starts: settings, logging, SIGTERM/SIGINT wired to its stop(), then run(); and
-the status file each function keeps in var/run/<name>.json."""
+the counters and status file each function keeps in var/run/<name>.json."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import threading
+import time
+from collections import Counter
 from typing import Callable, Protocol
 
 from cryptopipe.logs import setup_logging
 from cryptopipe.settings import Settings, load_settings
-
 
 
 class Function(Protocol):
@@ -31,6 +34,44 @@ def read_status(settings: Settings, name: str) -> dict | None:
     """A function's last status file, None if it never wrote one."""
     path = settings.var_dir / "run" / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+class Counters:
+    """A function's counters and its periodic status report: var/run/<name>.json with `updated_at` (epoch
+    ms), `counters` and whatever the function adds, plus one log line. count() is safe from any thread."""
+
+    def __init__(self, settings: Settings, name: str, log: logging.Logger, interval_s: float = 5.0,
+                 describe: Callable[[dict], str] | None = None):
+        self.settings, self.name, self.log, self.interval_s = settings, name, log, interval_s
+        self.describe = describe or (lambda status: f"counters: {status['counters']}")
+        self.lock = threading.Lock()
+        self.counts: Counter = Counter()
+        self.last_report = 0.0
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+    def report(self, extra: dict | Callable[[], dict] | None = None, force: bool = False) -> dict | None:
+        """Write the status file and log it, unless the last report is younger than the interval and not
+        `force`. `extra` may be a callable, so a loop calling this often builds it only when it is written.
+        Returns what was written, or None."""
+        now = time.monotonic()
+        if not force and now - self.last_report < self.interval_s:
+            return None
+        self.last_report = now
+        status = {"updated_at": int(time.time() * 1000), "counters": self.snapshot(),
+                  **((extra() if callable(extra) else extra) or {})}
+        write_status(self.settings, self.name, status)
+        self.log.info("%s", self.describe(status))
+        return status
 
 
 def serve(build: Callable[[Settings], Function]) -> int:

@@ -50,10 +50,18 @@ ALERT = (
 )
 
 BY_TOPIC = {"binance.aggtrades": TRADE, "crypto.candles-1m": CANDLE, "crypto.stats-5m": STATS, "crypto.alerts": ALERT}
+# The name of each topic's Connect schema in the JDBC sink connectors' `value.converter.schema.content`.
+CONNECT_NAMES = {"binance.aggtrades": "crypto.trade", "crypto.candles-1m": "crypto.candle",
+                 "crypto.stats-5m": "crypto.stats", "crypto.alerts": "crypto.alert"}
 
 
 def names(fields: tuple[Field, ...]) -> list[str]:
     return [f.name for f in fields]
+
+
+def connect_schema_of(topic: str) -> dict:
+    """The Connect schema a JDBC sink connector of `topic` must carry (tests hold connectors/*.json to it)."""
+    return connect_schema(BY_TOPIC[topic], CONNECT_NAMES[topic])
 
 
 def connect_schema(fields: tuple[Field, ...], name: str) -> dict:

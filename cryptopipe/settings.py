@@ -5,12 +5,15 @@ Defaults work for the native stack on one machine. `.env.example` documents ever
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cryptopipe import topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +55,13 @@ class Settings(BaseSettings):
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
 
+    # Topics every function reads and writes; other values only to keep test runs apart.
+    aggtrades_topic: str = topics.AGGTRADES
+    candles_topic: str = topics.CANDLES_1M
+    stats_topic: str = topics.STATS_5M
+    alerts_topic: str = topics.ALERTS
+    dlq_topic_prefix: str = topics.DLQ_PREFIX
+
     # Binance source (functions/binance_source). Symbols: comma-separated.
     binance_base_url: str = "https://api.binance.com"
     binance_symbols: str = "BTCUSDT,ETHUSDT"
@@ -66,9 +76,6 @@ class Settings(BaseSettings):
     source_min_poll_interval_s: float = 0.1
     source_max_poll_interval_s: float = 5.0
     source_status_interval_s: float = 5.0
-    # Topics the source writes; other values only to keep test runs apart.
-    source_topic: str = "binance.aggtrades"
-    source_dlq_topic: str = "crypto.dlq.source"
 
     # Stream function (functions/stream_processor): the native twin of ksql/.
     stream_consumer_group: str = "crypto-stream"
@@ -77,11 +84,6 @@ class Settings(BaseSettings):
     stream_commit_interval_s: float = 1.0
     # Unique per replica of the stream function (for more than one, give each its own).
     stream_instance_id: str = "0"
-    stream_input_topic: str = "binance.aggtrades"
-    stream_candles_topic: str = "crypto.candles-1m"
-    stream_stats_topic: str = "crypto.stats-5m"
-    stream_alerts_topic: str = "crypto.alerts"
-    stream_dlq_topic: str = "crypto.dlq.stream"
     # Alert rules: price move (high - low, % of open) in a 1-minute window; 1-minute quote volume.
     # Per-symbol overrides as SYMBOL:value,SYMBOL:value.
     alert_move_pct: float = 1.0
@@ -91,9 +93,6 @@ class Settings(BaseSettings):
 
     # Redis sink function (functions/redis_sink).
     redis_sink_group: str = "crypto-redis-sink"
-    redis_trades_topic: str = "binance.aggtrades"
-    redis_candles_topic: str = "crypto.candles-1m"
-    redis_dlq_topic: str = "crypto.dlq.redis-sink"
     redis_batch_size: int = Field(default=2000, ge=1)
     redis_history_length: int = Field(default=100, ge=1)
     redis_stale_after_s: float = 60.0
@@ -101,8 +100,6 @@ class Settings(BaseSettings):
     # Alert notification function (functions/alert_notifier): crypto.alerts -> a Slack-compatible webhook
     # and the log. An empty webhook URL means the log only.
     alert_notifier_group: str = "crypto-alert-notifier"
-    alert_notifier_topic: str = "crypto.alerts"
-    alert_notifier_dlq_topic: str = "crypto.dlq.alert-notifier"
     # Static group membership: a restarted notifier takes its partition back at once instead of waiting
     # out the session timeout of its dead predecessor. Give each replica its own.
     alert_notifier_instance_id: str = "0"
@@ -185,6 +182,10 @@ class Settings(BaseSettings):
     def redis_url(self) -> str:
         return f"redis://{self.redis_host}:{self.redis_port}/0"
 
+    def dlq_topic(self, component: str) -> str:
+        """The dead-letter topic of one component (source, stream, redis-sink, alert-notifier)."""
+        return self.dlq_topic_prefix + component
+
     def pg_params(self, role: str = "owner") -> dict[str, object]:
         """psycopg2.connect() keywords for one of the three roles: owner, writer or reader."""
         return {
@@ -200,6 +201,15 @@ class Settings(BaseSettings):
         return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{self.pg_database}"
 
 
+def parse_thresholds(text: str) -> dict[str, Decimal]:
+    """ALERT_*_SYMBOLS: 'BTCUSDT:0.5,XRPETH:1' -> {symbol: threshold}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        symbol, _, value = part.partition(":")
+        out[symbol.strip().upper()] = Decimal(value)
+    return out
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once. A missing secret fails here, at start, naming the variable."""
@@ -208,8 +218,6 @@ def get_settings() -> Settings:
 
 def load_settings() -> Settings:
     """get_settings() for a command line: a missing or invalid variable ends the process with one clear line."""
-    from pydantic import ValidationError
-
     try:
         return get_settings()
     except ValidationError as err:

@@ -1,24 +1,14 @@
-"""Every Kafka topic of the pipeline, declared once, and an idempotent `ensure_topics`.
+"""Every Kafka topic of the pipeline, declared once: names, partitions, retention, dead-letter headers.
 
-Run `python -m cryptopipe.topics` to create missing topics and align their configs.
+The names here are the contract's defaults; the settings (AGGTRADES_TOPIC, ..., DLQ_TOPIC_PREFIX) may move
+them, and `declared(settings)` gives the topics under the names in force, which `make up` creates and `make
+status` shows. This module imports nothing of the project: the settings take their defaults from it.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 from dataclasses import dataclass, field
-
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    NewPartitions,
-    NewTopic,
-)
-
-log = logging.getLogger(__name__)
+from typing import Protocol
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -41,9 +31,12 @@ STATS_5M = "crypto.stats-5m"
 ALERTS = "crypto.alerts"
 
 
+DLQ_PREFIX = "crypto.dlq."
+
+
 def dlq(component: str) -> str:
-    """The dead-letter topic of one component: crypto.dlq.<component>."""
-    return f"crypto.dlq.{component}"
+    """The default dead-letter topic of one component: crypto.dlq.<component>."""
+    return f"{DLQ_PREFIX}{component}"
 
 
 def dlq_headers(component: str, reason: str, **context) -> list[tuple[str, bytes]]:
@@ -53,112 +46,32 @@ def dlq_headers(component: str, reason: str, **context) -> list[tuple[str, bytes
     return headers + [(f"error.{name}", str(value).encode()) for name, value in context.items() if value is not None]
 
 
-# Components that own a dead-letter topic: the functions and one per JDBC sink connector.
-DLQ_COMPONENTS = ("source", "stream", "redis-sink", "alerts", "alert-notifier", "jdbc-trades", "jdbc-candles", "jdbc-alerts", "jdbc-stats")
-
-# Symbols are the key, so three partitions spread symbols over up to three consumers per group.
-TOPICS: tuple[Topic, ...] = (
-    Topic(AGGTRADES, partitions=3, retention_ms=7 * DAY_MS),
-    Topic(CANDLES_1M, partitions=3, retention_ms=30 * DAY_MS),
-    Topic(STATS_5M, partitions=3, retention_ms=30 * DAY_MS),
-    # Keyed by the deterministic alert id: compaction keeps the newest version of each alert.
-    Topic(ALERTS, partitions=1, retention_ms=90 * DAY_MS, cleanup_policy="compact,delete"),
-    *(Topic(dlq(c), partitions=1, retention_ms=30 * DAY_MS) for c in DLQ_COMPONENTS),
-)
+# Components that own a dead-letter topic: the functions (under DLQ_TOPIC_PREFIX) and the JDBC sink
+# connectors (named in their connectors/*.json, which Connect reads as they are).
+FUNCTION_DLQS = ("source", "stream", "redis-sink", "alert-notifier")
+CONNECTOR_DLQS = ("jdbc-trades", "jdbc-candles", "jdbc-alerts", "jdbc-stats")
 
 
-def ensure_topics(admin: AdminClient, topics: tuple[Topic, ...] = TOPICS, timeout: float = 30.0) -> dict[str, str]:
-    """Create missing topics, add missing partitions, align configs. Returns {topic: what was done}."""
-    existing = admin.list_topics(timeout=timeout).topics
-    done: dict[str, str] = {}
-    to_create = [
-        NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.configs())
-        for t in topics
-        if t.name not in existing
-    ]
-    for name, fut in (admin.create_topics(to_create, request_timeout=timeout).items() if to_create else []):
-        fut.result()
-        done[name] = "created"
-    grow = [
-        NewPartitions(t.name, t.partitions)
-        for t in topics
-        if t.name in existing and len(existing[t.name].partitions) < t.partitions
-    ]
-    for name, fut in (admin.create_partitions(grow, request_timeout=timeout).items() if grow else []):
-        fut.result()
-        done[name] = "partitions added"
-    resources = [
-        ConfigResource(
-            ConfigResource.Type.TOPIC,
-            t.name,
-            incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in t.configs().items()],
-        )
-        for t in topics
-        if t.name in existing
-    ]
-    for res, fut in (admin.incremental_alter_configs(resources).items() if resources else []):
-        fut.result()
-        done.setdefault(res.name, "exists")
-    return done
+class TopicNames(Protocol):
+    """What `declared` reads of the settings (cryptopipe.settings.Settings has it)."""
+
+    aggtrades_topic: str
+    candles_topic: str
+    stats_topic: str
+    alerts_topic: str
+
+    def dlq_topic(self, component: str) -> str: ...
 
 
-def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
-    """Offsets not yet committed by the group, per topic; None before its first commit unless `topics` names
-    what it reads (a partition it never committed then counts from its first retained offset).
-
-    End offset minus committed offset counts transaction markers too (the stream function writes in
-    transactions), so a group that has read everything would show a lag of one or two forever: where the
-    gap holds no committed record, the lag is 0."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-    committed = {(tp.topic, tp.partition): tp.offset for tp in future.result(timeout=10).topic_partitions
-                 if tp.offset >= 0}
-    if not committed and not topics:
-        return None
-    # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cryptopipe-lag-probe",
-                         "isolation.level": "read_committed", "enable.partition.eof": True,
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        for topic in topics:
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                if (topic, p) not in committed:
-                    committed[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[0]
-        lag: dict[str, int] = {}
-        for (topic, partition), offset in committed.items():
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
-            behind = max(0, high - offset)
-            if behind and only_markers(consumer, TopicPartition(topic, partition, offset)):
-                behind = 0
-            lag[topic] = lag.get(topic, 0) + behind
-        return lag
-    finally:
-        consumer.close()
-
-
-def only_markers(consumer, start) -> bool:
-    """True when reading from `start` reaches the partition's end without a record."""
-    from confluent_kafka import KafkaError
-
-    consumer.assign([start])
-    try:
-        msg = consumer.poll(5)
-        return msg is not None and msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF
-    finally:
-        consumer.unassign()
-
-
-def main() -> int:
-    from cryptopipe.settings import get_settings
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    admin = AdminClient({"bootstrap.servers": get_settings().kafka_bootstrap})
-    for name, what in sorted(ensure_topics(admin).items()):
-        print(f"  {name:<28} {what}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def declared(settings: TopicNames) -> tuple[Topic, ...]:
+    """The pipeline's topics under the names the settings give them."""
+    return (
+        # Symbols are the key, so three partitions spread symbols over up to three consumers per group.
+        Topic(settings.aggtrades_topic, partitions=3, retention_ms=7 * DAY_MS),
+        Topic(settings.candles_topic, partitions=3, retention_ms=30 * DAY_MS),
+        Topic(settings.stats_topic, partitions=3, retention_ms=30 * DAY_MS),
+        # Keyed by the deterministic alert id: compaction keeps the newest version of each alert.
+        Topic(settings.alerts_topic, partitions=1, retention_ms=90 * DAY_MS, cleanup_policy="compact,delete"),
+        *(Topic(settings.dlq_topic(c), partitions=1, retention_ms=30 * DAY_MS) for c in FUNCTION_DLQS),
+        *(Topic(dlq(c), partitions=1, retention_ms=30 * DAY_MS) for c in CONNECTOR_DLQS),
+    )

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from cryptopipe.logs import setup_logging
+from cryptopipe.settings import load_settings
 from replay.tape import INTERVAL_MS, SymbolTape, load_tapes
 
 log = logging.getLogger("replay")
@@ -402,8 +403,6 @@ def start_in_thread(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cryptopipe.settings import load_settings
-
     s = load_settings()
     parser = argparse.ArgumentParser(description="Replay recorded Binance trades through Binance's REST API.")
     parser.add_argument("--tape", type=Path, default=s.replay_tape_dir, help="tape folder (<symbol>_aggtrades*.json)")

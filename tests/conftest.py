@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import psycopg2
 import pytest
 
 from cryptopipe.settings import get_settings
-from cryptopipe.stack import NativeStack
+from ops.dag_run import environment
+from ops.stack import NativeStack
 
 from .helpers import make_demo
 
@@ -27,7 +27,7 @@ def settings():
 @pytest.fixture(scope="session")
 def stack(settings):
     native = NativeStack(settings)
-    down = [svc.name for svc in native.services if not native.is_up(svc)]
+    down = [svc.name for svc in native.services if not svc.is_up()]
     if down:
         pytest.fail(f"the native stack is not up ({', '.join(down)} down): run `make up`, or `make test`")
     return native
@@ -39,17 +39,9 @@ def unique():
     return uuid.uuid4().hex[:10]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def airflow_env(settings, tmp_path_factory):
     """The environment for dag.test() runs: a migrated Airflow home of its own, the stack's connections."""
-    from cryptopipe.dag_test import environment
-
     return environment(settings, tmp_path_factory.mktemp("airflow"))
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cryptopipe.settings import ROOT
 
 TAPES = ROOT / "data" / "binance"
+# The symbols of the bundled tapes, which `make demo` loads.
+TAPE_SYMBOLS = ["BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH"]
 
 # The secrets a Settings needs, for tests that build one without .env.
 SECRETS = {"pg_writer_password": "w", "pg_reader_password": "r", "airflow_admin_password": "a",
@@ -151,12 +155,12 @@ def latest_by_key(msgs, key_fields: tuple[str, ...]) -> dict:
 
 def restart_service(stack, name: str, down_s: float) -> None:
     """Stop one service of the native stack, keep it down for `down_s`, start it and wait until it answers."""
-    svc = next(s for s in stack.services if s.name == name)
-    (svc.stop or (lambda: stack.terminate(svc)))()
-    wait_for(lambda: not stack.is_up(svc), 30, f"{name} to stop")
+    svc = stack.service(name)
+    svc.stop()
+    wait_for(lambda: not svc.is_up(), 30, f"{name} to stop")
     time.sleep(down_s)
     svc.start()
-    wait_for(lambda: stack.is_up(svc), 120, f"{name} to come back")
+    wait_for(svc.is_up, 120, f"{name} to come back")
 
 
 def make_demo(tape_dir=None) -> subprocess.CompletedProcess:
@@ -175,8 +179,30 @@ def cells(out: str, first: str) -> list[list[str]]:
     return rows
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def kill_running(procs) -> None:
     """kill -9 whatever a test started that still runs, pass or fail."""
     for proc in procs:
         if proc.proc.poll() is None:
             proc.kill9()
+
+
+def plain_candles(trades: list[dict]) -> dict[int, dict]:
+    """1-minute candles the obvious way: group by minute, in id order."""
+    minutes: dict[int, list[dict]] = defaultdict(list)
+    for t in sorted(trades, key=lambda t: t["a"]):
+        minutes[t["T"] // 60_000 * 60_000].append(t)
+    out = {}
+    for start, ts in minutes.items():
+        prices = [Decimal(t["p"]) for t in ts]
+        volume = sum(Decimal(t["q"]) for t in ts)
+        quote = sum(Decimal(t["p"]) * Decimal(t["q"]) for t in ts)
+        out[start] = {"open": prices[0], "high": max(prices), "low": min(prices), "close": prices[-1],
+                      "volume": volume, "quote_volume": quote, "trade_count": len(ts),
+                      "vwap": (quote / volume).quantize(Decimal("1e-8"))}
+    return out

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import requests
 
-from cryptopipe import airflow_services
+from ops import airflow as airflow_services
 from cryptopipe.settings import ROOT
 from tests.helpers import restart_service, wait_for
 
@@ -87,9 +87,9 @@ def test_airflow_comes_back_after_a_postgres_outage(stack, airflow):
     from datetime import datetime, timezone
 
     names = ["airflow-api", *airflow_services.COMPONENTS]
-    supervisors = {name: stack.pid_of(next(s for s in stack.services if s.name == name)) for name in names}
+    supervisors = {name: stack.service(name).pid() for name in names}
     assert all(supervisors.values()), supervisors
-    sizes = {name: stack.log_file(name).stat().st_size for name in names}
+    sizes = {name: stack.service(name).log_file.stat().st_size for name in names}
     restart_service(stack, "postgres", down_s=20)
     back = datetime.now(timezone.utc)
 
@@ -105,7 +105,7 @@ def test_airflow_comes_back_after_a_postgres_outage(stack, airflow):
              interval=2)
     for svc in stack.services:
         if svc.name in names:
-            assert stack.pid_of(svc) == supervisors[svc.name], svc.name  # the same supervisor, still running
-    restarts = "".join(stack.log_file(name).read_bytes()[sizes[name]:].decode(errors="replace") for name in names)
+            assert svc.pid() == supervisors[svc.name], svc.name  # the same supervisor, still running
+    restarts = "".join(stack.service(name).log_file.read_bytes()[sizes[name]:].decode(errors="replace") for name in names)
     assert "restarting in" in restarts  # at least one of them did exit and was restarted
     assert DAG_IDS <= listed_dags(airflow)

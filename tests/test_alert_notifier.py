@@ -15,7 +15,8 @@ import redis
 from confluent_kafka import Producer
 
 from cryptopipe import schemas
-from functions.alert_notifier.notifier import BadAlert, parse_alert, parse_retry_after
+from cryptopipe.retry import retry_after
+from functions.alert_notifier.alerts import BadAlert, parse_alert
 
 from .helpers import Process, caught_up, create_topics, delete_topics, kill_running, read_topic, wait_for
 
@@ -107,7 +108,8 @@ def harness(settings, unique, tmp_path):
 
     class Harness:
         topic = f"test.alerts-{unique}"
-        dlq = f"test.alert-notifier-dlq-{unique}"
+        dlq_prefix = f"test.{unique}.dlq."
+        dlq = dlq_prefix + "alert-notifier"
         group = f"test-alert-notifier-{unique}"
         prefix = f"test:{unique}:alert:"
         receiver = Receiver()
@@ -124,7 +126,7 @@ def harness(settings, unique, tmp_path):
             assert self.producer.flush(10) == 0
 
         def start(self, group: str | None = None, **env) -> Process:
-            base = {"ALERT_NOTIFIER_TOPIC": self.topic, "ALERT_NOTIFIER_DLQ_TOPIC": self.dlq,
+            base = {"ALERTS_TOPIC": self.topic, "DLQ_TOPIC_PREFIX": self.dlq_prefix,
                     "ALERT_NOTIFIER_GROUP": group or self.group, "ALERT_REDIS_PREFIX": self.prefix,
                     "ALERT_WEBHOOK_URL": self.receiver.url, "ALERT_WEBHOOK_BACKOFF_S": "0.05",
                     "ALERT_WEBHOOK_TIMEOUT_S": "1", "VAR_DIR": str(tmp_path / "var")}
@@ -164,9 +166,10 @@ def test_records_that_are_not_alerts_are_named():
 
 
 def test_retry_after_in_seconds_or_as_a_date():
-    assert parse_retry_after("2") == 2.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert retry_after("2") == 2.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("soon", 60.0) == 60.0  # the Binance client's default: garbage must not crash it
 
 
 # ---- against Kafka and Redis ---------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_functions_run_the_console_scripts_the_project_installs(compose):
 
 
 def test_airflow_runs_the_same_dags_with_the_same_connections(compose):
-    from cryptopipe.airflow_env import CONNECTIONS
+    from ops.airflow_env import CONNECTIONS
 
     for name in ("airflow", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
         service = compose["services"][name]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from pydantic import ValidationError
 
-from cryptopipe import topics
+from cryptopipe import schemas, topics
 from cryptopipe.settings import ROOT, Settings
-from cryptopipe.stack import read_properties, write_properties
+from ops.connectors import load_configs
+from ops.services import read_properties, write_properties
 from tests.helpers import SECRETS
 
 
@@ -47,8 +49,11 @@ def test_env_example_documents_every_setting():
         assert value == "change-me", name
 
 
+DECLARED = topics.declared(Settings(**SECRETS))
+
+
 def test_topic_names_follow_the_convention():
-    names = [t.name for t in topics.TOPICS]
+    names = [t.name for t in DECLARED]
     assert len(names) == len(set(names))
     for name in names:
         # dots between words, hyphens inside; never '_' (so never '.' and '_' mixed)
@@ -57,8 +62,26 @@ def test_topic_names_follow_the_convention():
     assert topics.dlq("source") in names and topics.dlq("jdbc-trades") in names
 
 
+def test_a_topic_setting_moves_the_declared_topic():
+    moved = topics.declared(Settings(**SECRETS, candles_topic="test.candles", dlq_topic_prefix="test.dlq."))
+    names = {t.name for t in moved}
+    assert "test.candles" in names and "crypto.candles-1m" not in names
+    assert "test.dlq.stream" in names and "crypto.dlq.stream" not in names
+    assert topics.dlq("jdbc-trades") in names  # the connectors' own, named in their files
+
+
+def test_connectors_carry_the_cores_schemas_topics_and_dead_letter_topics():
+    """One truth: each connector's value schema is the one cryptopipe/schemas.py makes for its topic."""
+    configs = load_configs()
+    assert {cfg["topics"] for cfg in configs.values()} == set(schemas.BY_TOPIC)
+    for name, cfg in configs.items():
+        assert json.loads(cfg["value.converter.schema.content"]) == schemas.connect_schema_of(cfg["topics"]), name
+        assert cfg["errors.deadletterqueue.topic.name"] == topics.dlq(name)
+        assert name in topics.CONNECTOR_DLQS
+
+
 def test_topic_configs_are_complete():
-    for t in topics.TOPICS:
+    for t in DECLARED:
         cfg = t.configs()
         assert int(cfg["retention.ms"]) > 0
         assert set(cfg["cleanup.policy"].split(",")) <= {"delete", "compact"}

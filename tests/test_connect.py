@@ -12,7 +12,7 @@ import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cryptopipe.stack import JDBC_SINK_CLASS
+from ops.services import JDBC_SINK_CLASS
 
 from .helpers import wait_for
 

@@ -8,10 +8,9 @@ import subprocess
 import sys
 from datetime import timedelta
 
+from ops.dag_run import DAGS, run_dag
 
-from cryptopipe.dag_test import DAGS, run_dag
-
-SYMBOLS = ["BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH"]
+from .helpers import TAPE_SYMBOLS as SYMBOLS
 
 
 def test_dags_import_with_tags_retries_and_no_connection_at_parse(airflow_env):

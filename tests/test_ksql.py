@@ -8,7 +8,7 @@ import re
 import pytest
 
 from cryptopipe import schemas
-from cryptopipe.ksql_deploy import KSQL_DIR, deploy, render, split_statements, threshold_case
+from ops.ksql_deploy import KSQL_DIR, deploy, render, split_statements, threshold_case
 from cryptopipe.settings import Settings
 from tests.helpers import SECRETS
 
@@ -100,7 +100,7 @@ def test_splitting_respects_quotes_and_comments():
 
 
 def test_deploy_without_a_server_says_so_and_succeeds(unique):
-    from .conftest import free_port
+    from .helpers import free_port
 
     lines = []
     settings = SETTINGS.model_copy(update={"ksqldb_port": free_port()})

@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 
-from cryptopipe import functions_ctl
+from ops import functions_ctl
 from cryptopipe.settings import ROOT
 
-from .conftest import free_port
-from .helpers import wait_for
+from .helpers import free_port, wait_for
 
 WRITER = """
 import logging

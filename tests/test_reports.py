@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cryptopipe.dag_test import run_dag
-from tests.test_dags import SYMBOLS
+from ops.dag_run import run_dag
+
+from .helpers import TAPE_SYMBOLS as SYMBOLS
 
 SVG = "{http://www.w3.org/2000/svg}"
 # Computed by a division: equal up to the last digits of numeric's and Decimal's rounding.

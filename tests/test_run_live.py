@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import psycopg2
 
-from cryptopipe import functions_ctl
+from ops import functions_ctl
 from cryptopipe.settings import ROOT
 from replay.server import Replay, shift_to_now, start_in_thread
 from replay.tape import load_tapes

@@ -17,12 +17,11 @@ import redis
 import requests
 from confluent_kafka import Producer
 
-from cryptopipe import connectors
+from ops import connectors
 from replay.server import Replay, shift_to_now, start_in_thread
 from replay.tape import load_tapes
 
-from .helpers import TAPES, Process, kill_running, read_topic, restart_service, tape, wait_for
-from .test_stream import plain_candles
+from .helpers import TAPES, Process, kill_running, plain_candles, read_topic, restart_service, tape, wait_for
 
 SHORT = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
 
@@ -95,11 +94,11 @@ def world(settings, tmp_path):
 
 
 def kill_connect_and_restart(stack) -> None:
-    svc = next(s for s in stack.services if s.name == "connect")
-    os.killpg(stack.pid_of(svc), signal.SIGKILL)
-    wait_for(lambda: stack.pid_of(svc) is None, 30, "Connect to die")
+    svc = stack.service("connect")
+    os.killpg(svc.pid(), signal.SIGKILL)
+    wait_for(lambda: svc.pid() is None, 30, "Connect to die")
     svc.start()
-    wait_for(lambda: stack.is_up(svc), 120, "Connect to come back")
+    wait_for(svc.is_up, 120, "Connect to come back")
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ def harness(settings, unique, tmp_path):
 
     class Harness:
         topic = f"test.aggtrades-{unique}"
-        dlq = f"test.source-dlq-{unique}"
+        dlq_prefix = f"test.{unique}.dlq."
+        dlq = dlq_prefix + "source"
         url: str
         replay: Replay
         processes: list[Process] = []
@@ -45,7 +46,7 @@ def harness(settings, unique, tmp_path):
         def start(self, symbols: str, **env) -> Process:
             base = {
                 "BINANCE_BASE_URL": self.url, "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
-                "SOURCE_TOPIC": self.topic, "SOURCE_DLQ_TOPIC": self.dlq, "VAR_DIR": str(tmp_path / "var"),
+                "AGGTRADES_TOPIC": self.topic, "DLQ_TOPIC_PREFIX": self.dlq_prefix, "VAR_DIR": str(tmp_path / "var"),
                 "SOURCE_STATUS_INTERVAL_S": "0.5",
             }
             proc = Process("functions.binance_source.source", base | {k.upper(): str(v) for k, v in env.items()},

@@ -13,10 +13,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cryptopipe.settings import ROOT, Settings
-from cryptopipe.stack import NativeStack, StackError, process_exists
+from ops.process import StackError, process_exists
+from ops.stack import NativeStack
 
-from .conftest import free_port
-from .helpers import SECRETS
+from .helpers import SECRETS, free_port
 
 
 def scratch_settings(tmp_path, **overrides) -> Settings:
@@ -42,7 +42,7 @@ def test_a_taken_port_stops_up_with_one_message_naming_the_variable(tmp_path):
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         settings = scratch_settings(tmp_path, redis_port=squatter.getsockname()[1])
-        result = subprocess.run([sys.executable, "-m", "cryptopipe.stack", "up"], cwd=ROOT, env=scratch_env(settings),
+        result = subprocess.run([sys.executable, "-m", "ops.stack", "up"], cwd=ROOT, env=scratch_env(settings),
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -79,7 +79,7 @@ def test_up_down_status_lifecycle(stack, settings, unique):
     status = make("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "all services up" in status.stdout
-    pids = {svc.name: stack.pid_of(svc) for svc in stack.services}
+    pids = {svc.name: svc.pid() for svc in stack.services}
     assert all(pids.values()), pids
     cluster_id = (settings.var_dir / "kafka" / "meta.properties").read_text()
 
@@ -99,7 +99,7 @@ def test_up_down_status_lifecycle(stack, settings, unique):
     assert down.returncode == 0, down.stderr
     for name, pid in pids.items():
         assert not process_exists(pid), f"{name} (pid {pid}) still running after make down"
-    assert not any(svc.ready() for svc in stack.services if stack.is_up(svc))
+    assert not any(svc.is_up() for svc in stack.services)
     status = make("status")
     assert status.returncode != 0
     for svc in stack.services:

@@ -13,12 +13,13 @@ import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cryptopipe.settings import ROOT
+from ops.kafka_admin import consumer_lag
 
 from .helpers import cells, create_topics
 
 
 def status(env: dict[str, str] | None = None) -> str:
-    result = subprocess.run([sys.executable, "-m", "cryptopipe.stack", "status"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "ops.status"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return result.stdout
@@ -35,9 +36,14 @@ def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
     consumer.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
     consumer.close()
-    # One more record in a dead-letter topic, so its depth is not trivially 0 (the function writing it, the
-    # old alerts component, has none of its own any more).
-    producer.produce("crypto.dlq.alerts", value=b"{not json", headers=[("error.reason", b"test_status")])
+    # Topic settings moved for this test: `make up`'s prepare step creates the topics under the names in
+    # force, and status lists those; one record in the moved stream dead-letter topic, so its depth is not 0.
+    moved = {"CANDLES_TOPIC": f"test.candles-{unique}", "DLQ_TOPIC_PREFIX": f"test.{unique}.dlq."}
+    prepared = subprocess.run([sys.executable, "-m", "ops.stack", "prepare"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, **moved})
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    assert f"test.candles-{unique}" in prepared.stdout and f"test.{unique}.dlq.stream" in prepared.stdout
+    producer.produce(f"test.{unique}.dlq.stream", value=b"{not json", headers=[("error.reason", b"test_status")])
     producer.flush(10)
     # A trade 3 s old for a symbol of our own (the freshness table lists the 20 freshest symbols).
     symbol = f"ST{unique[:8].upper()}"
@@ -47,7 +53,7 @@ def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):
         cur.execute("INSERT INTO trades VALUES (%s, 1, 1, 1, 1, 1, %s, true)",
                     (symbol, datetime.now(timezone.utc) - timedelta(seconds=3)))
     try:
-        out = status({"REDIS_SINK_GROUP": group})
+        out = status({"REDIS_SINK_GROUP": group, **moved})
     finally:
         with owner.cursor() as cur:
             cur.execute("DELETE FROM trades WHERE symbol = %s", (symbol,))
@@ -57,11 +63,13 @@ def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):
     assert lag_row[2] == topic and lag_row[3] == "5"
 
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"probe-{unique}"})
-    for name in ("crypto.dlq.alerts", "crypto.dlq.stream", "crypto.dlq.jdbc-trades", "crypto.dlq.alert-notifier"):
+    for name in (f"test.{unique}.dlq.stream", "crypto.dlq.jdbc-trades", f"test.{unique}.dlq.alert-notifier"):
         low, high = probe.get_watermark_offsets(TopicPartition(name, 0), timeout=10)
         [row] = cells(out, name)
         assert int(row[2].replace(",", "")) == high - low, row
-    assert int(cells(out, "crypto.dlq.alerts")[0][2].replace(",", "")) >= 1
+    assert cells(out, f"test.{unique}.dlq.stream")[0][2] == "1"
+    assert cells(out, f"test.candles-{unique}")[0][1] == "3"  # partitions
+    assert not cells(out, "crypto.candles-1m") and not cells(out, "crypto.dlq.stream")  # moved away
     probe.close()
 
     [fresh] = cells(out, symbol)
@@ -72,7 +80,6 @@ def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):
 
 def test_lag_of_a_transactional_topic_ignores_commit_markers(stack, settings, unique):
     """A reader that has everything is 0 behind, though each transaction leaves a marker offset after it."""
-    from cryptopipe.topics import consumer_lag
 
     topic, group = f"test.txn-{unique}", f"test-txn-{unique}"
     create_topics(settings, topic, partitions=1)

@@ -24,6 +24,7 @@ from .helpers import (
     delete_topics,
     kill_running,
     latest_by_key,
+    plain_candles,
     read_topic,
     tape,
     topic_size,
@@ -31,22 +32,6 @@ from .helpers import (
 )
 
 MIN = 60_000
-
-
-def plain_candles(trades: list[dict]) -> dict[int, dict]:
-    """1-minute candles the obvious way: group by minute, in id order."""
-    minutes: dict[int, list[dict]] = defaultdict(list)
-    for t in sorted(trades, key=lambda t: t["a"]):
-        minutes[t["T"] // MIN * MIN].append(t)
-    out = {}
-    for start, ts in minutes.items():
-        prices = [Decimal(t["p"]) for t in ts]
-        volume = sum(Decimal(t["q"]) for t in ts)
-        quote = sum(Decimal(t["p"]) * Decimal(t["q"]) for t in ts)
-        out[start] = {"open": prices[0], "high": max(prices), "low": min(prices), "close": prices[-1],
-                      "volume": volume, "quote_volume": quote, "trade_count": len(ts),
-                      "vwap": (quote / volume).quantize(Decimal("1e-8"))}
-    return out
 
 
 def plain_stats(trades: list[dict], start: int) -> dict:
@@ -66,7 +51,9 @@ def pipeline(settings, unique, tmp_path):
 
     class Pipeline:
         trades = f"test.trades-{unique}"
-        candles, stats, alerts, dlq = (f"test.{n}-{unique}" for n in ("candles", "stats", "alerts", "stream-dlq"))
+        candles, stats, alerts = (f"test.{n}-{unique}" for n in ("candles", "stats", "alerts"))
+        dlq_prefix = f"test.{unique}.dlq."
+        dlq = dlq_prefix + "stream"
         group = f"test-stream-{unique}"
         procs: list[Process] = []
 
@@ -81,7 +68,7 @@ def pipeline(settings, unique, tmp_path):
             server, url = start_in_thread(Replay(load_tapes(folder)))
             source = Process("functions.binance_source.source", {
                 "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(expected), "BINANCE_START_TIME": "0",
-                "SOURCE_TOPIC": self.trades, "VAR_DIR": str(tmp_path / "srcvar")}, tmp_path / "source.log")
+                "AGGTRADES_TOPIC": self.trades, "VAR_DIR": str(tmp_path / "srcvar")}, tmp_path / "source.log")
             total = sum(len(v) for v in expected.values())
             wait_for(lambda: topic_size(settings, self.trades) >= total, 120, f"{total} trades")
             assert source.stop() == 0
@@ -89,9 +76,9 @@ def pipeline(settings, unique, tmp_path):
             return expected
 
         def start(self, **env) -> Process:
-            base = {"STREAM_INPUT_TOPIC": self.trades, "STREAM_CANDLES_TOPIC": self.candles,
-                    "STREAM_STATS_TOPIC": self.stats, "STREAM_ALERTS_TOPIC": self.alerts,
-                    "STREAM_DLQ_TOPIC": self.dlq, "STREAM_CONSUMER_GROUP": self.group,
+            base = {"AGGTRADES_TOPIC": self.trades, "CANDLES_TOPIC": self.candles,
+                    "STATS_TOPIC": self.stats, "ALERTS_TOPIC": self.alerts,
+                    "DLQ_TOPIC_PREFIX": self.dlq_prefix, "STREAM_CONSUMER_GROUP": self.group,
                     "VAR_DIR": str(tmp_path / "var")}
             proc = Process("functions.stream_processor.app", base | {k.upper(): str(v) for k, v in env.items()},
                            tmp_path / f"stream-{len(self.procs)}.log")

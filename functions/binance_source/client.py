@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import orjson
 import requests
 
+from cryptopipe.retry import retry_after
+
 log = logging.getLogger("binance_source.client")
 
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
@@ -111,7 +113,7 @@ class BinanceClient:
         now = time.time()
         self.gate.record(resp.headers.get(WEIGHT_HEADER), weight, now)
         if resp.status_code in (429, 418):
-            retry = float(resp.headers.get("Retry-After") or 60)
+            retry = retry_after(resp.headers.get("Retry-After"), 60.0)  # unreadable or absent: a minute
             self.gate.pause(retry, now)
             raise RateLimited(resp.status_code, retry, resp.text)
         if resp.status_code >= 500:

@@ -34,7 +34,7 @@ from quixstreams.sinks import BaseSink
 from cryptopipe import schemas
 from cryptopipe.logs import setup_logging
 from cryptopipe.run import write_status
-from cryptopipe.settings import Settings, load_settings
+from cryptopipe.settings import Settings, load_settings, parse_thresholds
 from cryptopipe.topics import dlq_headers
 from functions.stream_processor.windows import (
     AlertRules,
@@ -43,7 +43,6 @@ from functions.stream_processor.windows import (
     candle_record,
     minute_add,
     minute_init,
-    parse_thresholds,
     parse_trade,
     stats_merge,
     stats_record,
@@ -82,14 +81,14 @@ class Outputs(BaseSink):
         record = {"alert_id": aid, "symbol": key, "rule": rule, "window_start": window["start"],
                   "value": Decimal(value), "threshold": Decimal(threshold),
                   "price": Decimal(window["value"]["close"]), "detected_at": int(time.time() * 1000)}
-        self.produce(self.fn.s.stream_alerts_topic, aid, schemas.to_json(schemas.ALERT, record), "alerts_out")
+        self.produce(self.fn.s.alerts_topic, aid, schemas.to_json(schemas.ALERT, record), "alerts_out")
 
     def add(self, value, key, timestamp, headers, topic, partition, offset) -> None:
         record = stats_record(key, value["start"], value["end"], stats_merge(value["value"]))
-        self.produce(self.fn.s.stream_stats_topic, key, schemas.to_json(schemas.STATS, record), "stats_out")
+        self.produce(self.fn.s.stats_topic, key, schemas.to_json(schemas.STATS, record), "stats_out")
 
     def flush(self) -> None:
-        topic = self.fn.s.stream_candles_topic
+        topic = self.fn.s.candles_topic
         for (key, start), w in self.changed.items():
             record = candle_record(key, start, w["end"], w["value"])
             self.produce(topic, key, schemas.to_json(schemas.CANDLE, record), "candles_out")
@@ -131,7 +130,7 @@ class StreamFunction:
     def build(self) -> None:
         s, app = self.s, self.app
         grace_ms = s.stream_grace_s * 1000
-        trades = app.dataframe(app.topic(s.stream_input_topic, key_deserializer="str", value_deserializer="bytes"))
+        trades = app.dataframe(app.topic(s.aggtrades_topic, key_deserializer="str", value_deserializer="bytes"))
         trades = trades.apply(self.parse).filter(lambda t: t is not None)
         minutes = trades.tumbling_window(duration_ms=MINUTE_MS, grace_ms=grace_ms, name="minutes_1m",
                                          on_late=self.on_late)
@@ -172,9 +171,9 @@ class StreamFunction:
             return parse_trade(raw)
         except BadRecord as err:
             self.count("bad_records")
-            log.warning("bad record to %s: %s", self.s.stream_dlq_topic, err)
-            self.dlq.produce(self.s.stream_dlq_topic, value=raw, headers=dlq_headers(
-                "stream", str(err), topic=self.s.stream_input_topic))
+            log.warning("bad record to %s: %s", self.s.dlq_topic("stream"), err)
+            self.dlq.produce(self.s.dlq_topic("stream"), value=raw, headers=dlq_headers(
+                "stream", str(err), topic=self.s.aggtrades_topic))
             self.dlq.poll(0)
             return None
 
@@ -198,9 +197,9 @@ class StreamFunction:
         log.info("counters: %s", dict(self.counters))
 
     def run(self) -> None:
-        log.info("reading %s as group %s (%s), writing %s, %s, %s", self.s.stream_input_topic,
-                 self.s.stream_consumer_group, self.s.stream_processing_guarantee, self.s.stream_candles_topic,
-                 self.s.stream_stats_topic, self.s.stream_alerts_topic)
+        log.info("reading %s as group %s (%s), writing %s, %s, %s", self.s.aggtrades_topic,
+                 self.s.stream_consumer_group, self.s.stream_processing_guarantee, self.s.candles_topic,
+                 self.s.stats_topic, self.s.alerts_topic)
         try:
             self.app.run()
         finally:

@@ -164,12 +164,3 @@ class AlertRules:
 def alert_id(symbol: str, rule: str, window_start: int) -> str:
     """Deterministic: every re-emission of a window's alert has the same id, so it upserts to one row."""
     return f"{symbol}:{rule}:{window_start}"
-
-
-def parse_thresholds(text: str) -> dict[str, Decimal]:
-    """'BTCUSDT:0.5,XRPETH:1' -> {symbol: threshold}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        symbol, _, value = part.partition(":")
-        out[symbol.strip().upper()] = Decimal(value)
-    return out

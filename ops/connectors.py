@@ -1,6 +1,6 @@
 """`make deploy-connectors`: create or update every connectors/*.json through the Connect REST API.
 
-    python -m cryptopipe.connectors [--restart-failed] [--timeout S]
+    python -m ops.connectors [--restart-failed] [--timeout S]
 
 Each file is exactly the body of `PUT /connectors/{file name}/config` (idempotent: 201 created, 200
 updated). It waits until every connector and task is RUNNING, printing the failed task's trace on a timeout,

@@ -14,14 +14,21 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2
+import requests
 from psycopg2 import sql
 
-from cryptopipe.airflow_env import airflow_connections
 from cryptopipe.settings import ROOT, Settings
+from ops import supervise
+from ops.airflow_env import airflow_connections
+from ops.db import admin_connect
+from ops.process import StackError
+from ops.services import Service
 
 ROLE = "airflow"
 DATABASE = "airflow"
@@ -122,8 +129,6 @@ def migrate(settings: Settings, log_file: Path) -> bool:
         result = subprocess.run([AIRFLOW_BIN, "db", "migrate"], stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **environment(settings)}, cwd=ROOT, timeout=600)
     if result.returncode != 0:
-        from cryptopipe.stack import StackError
-
         raise StackError(f"`airflow db migrate` failed (exit {result.returncode}); see {log_file}")
     stamp.write_text(json.dumps({"airflow": version, "revision": schema_revision(settings)}))
     return True
@@ -140,15 +145,11 @@ def write_passwords(settings: Settings) -> None:
 
 def health(settings: Settings) -> dict:
     """The api-server's own health report (no login needed): metadatabase, scheduler, dag_processor, triggerer."""
-    import requests
-
     return requests.get(f"{settings.airflow_url}/api/v2/monitor/health", timeout=3).json()
 
 
 def component_healthy(settings: Settings, component: str, since=None) -> bool:
     """Healthy by the api-server's report, and (with `since`, a UTC datetime) with a heartbeat after it."""
-    from datetime import datetime
-
     report = health(settings).get(component) or {}
     if report.get("status") != "healthy":
         return False
@@ -158,8 +159,6 @@ def component_healthy(settings: Settings, component: str, since=None) -> bool:
 
 def token(settings: Settings) -> str:
     """A REST API token for the admin user (the same login as the UI's)."""
-    import requests
-
     response = requests.post(f"{settings.airflow_url}/auth/token", timeout=10, json={
         "username": settings.airflow_admin_user, "password": settings.airflow_admin_password.get_secret_value()})
     response.raise_for_status()
@@ -170,8 +169,6 @@ class AirflowClient:
     """The few REST calls `make demo` needs: trigger a DAG run with a conf and wait for its outcome."""
 
     def __init__(self, settings: Settings):
-        import requests
-
         self.base = f"{settings.airflow_url}/api/v2"
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token(settings)}"
@@ -184,8 +181,6 @@ class AirflowClient:
 
     def wait_for_dag(self, dag_id: str, timeout: float) -> dict:
         """The DAG once the dag-processor has parsed it (a fresh stack parses within its refresh interval)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -208,3 +203,70 @@ class AirflowClient:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")["task_instances"]
         return {ti["task_id"]: ti["state"] for ti in tis}
+
+
+# ---- the processes, as services of the native stack ------------------------------------------------
+
+def require_airflow() -> None:
+    if not Path(AIRFLOW_BIN).exists():
+        raise StackError(f"{AIRFLOW_BIN} not found: run `make setup` (it installs Airflow).")
+
+
+class AirflowApi(Service):
+    """The api-server (UI and REST API), started after its metadata database is in place and migrated."""
+
+    name, port_var, marker = "airflow-api", "AIRFLOW_PORT", "airflow api"
+
+    @property
+    def port(self) -> int:
+        return self.s.airflow_port
+
+    def preflight(self) -> None:
+        require_airflow()
+
+    def start(self) -> None:
+        conn = admin_connect(self.s)
+        try:
+            ensure_database(conn, self.s)
+        finally:
+            conn.close()
+        if migrate(self.s, self.log_file):
+            print("  airflow    metadata database migrated")
+        write_passwords(self.s)
+        self.spawn(supervise.command([AIRFLOW_BIN, "api-server"]), env=environment(self.s))
+
+    def ready(self) -> bool:
+        return health(self.s)["metadatabase"]["status"] == "healthy"
+
+
+class AirflowComponent(Service):
+    """The scheduler, dag-processor or triggerer: no port of its own; ready when it heartbeats."""
+
+    wait_later = True
+
+    def __init__(self, settings: Settings, name: str, component: str):
+        super().__init__(settings)
+        self.name, self.component = name, component
+        self.marker = f"airflow {name.removeprefix('airflow-')}"
+        self.started_at: datetime | None = None
+
+    def preflight(self) -> None:
+        require_airflow()
+
+    def start(self) -> None:
+        argv = [AIRFLOW_BIN, self.name.removeprefix("airflow-")]
+        if self.name != "airflow-dag-processor":
+            # Its log server binds every interface and is not needed: all processes share logs/airflow.
+            argv.append("--skip-serve-logs")
+        self.started_at = datetime.now(timezone.utc)
+        self.spawn(supervise.command(argv), env=environment(self.s))
+
+    def ready(self) -> bool:
+        # Right after a start, only a heartbeat from after it counts: one from a crashed predecessor can
+        # still read as healthy for half a minute.
+        return component_healthy(self.s, self.component, since=self.started_at)
+
+
+def services(settings: Settings) -> list[Service]:
+    return [AirflowApi(settings), *(AirflowComponent(settings, name, component)
+                                    for name, component in COMPONENTS.items())]

@@ -1,6 +1,6 @@
 """Keep one command running: restart it when it exits, until told to stop.
 
-    python -m cryptopipe.supervise <command> [args ...]
+    python -m ops.supervise <command> [args ...]
 
 Airflow's scheduler, dag-processor and triggerer exit when their metadata database goes away (a PostgreSQL
 restart or outage) and expect a supervisor such as systemd to start them again; on the native stack this is
@@ -19,13 +19,18 @@ MIN_BACKOFF_S, MAX_BACKOFF_S = 1.0, 10.0
 HEALTHY_AFTER_S = 60.0  # a run this long resets the backoff
 
 
+def command(argv: list[str]) -> list[str]:
+    """`argv` run under this supervisor."""
+    return [sys.executable, "-m", "ops.supervise", *argv]
+
+
 def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} supervise: {message}", flush=True)
 
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m cryptopipe.supervise <command> [args ...]", file=sys.stderr)
+        print("usage: python -m ops.supervise <command> [args ...]", file=sys.stderr)
         return 2
     stopping = False
     child: subprocess.Popen | None = None

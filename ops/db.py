@@ -1,6 +1,6 @@
 """PostgreSQL bootstrap: roles, the `crypto` database, tables and grants, all re-runnable.
 
-`python -m cryptopipe.db init` runs it; the SQL lives in db/*.sql.
+`python -m ops.db init` runs it; the SQL lives in db/*.sql.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def table_counts(settings: Settings, tables: tuple[str, ...] = TABLES) -> dict[s
 
 def main(argv: list[str]) -> int:
     if argv[1:] != ["init"]:
-        print("usage: python -m cryptopipe.db init", file=sys.stderr)
+        print("usage: python -m ops.db init", file=sys.stderr)
         return 2
     init()
     print("  database ready: roles, tables and grants")

@@ -1,10 +1,11 @@
 """Run one DAG with dag.test(), outside the running Airflow, in a process of its own.
 
-    python -m cryptopipe.dag_test <dag_id> <conf json> <dags folder> [logical date]
+    python -m ops.dag_run <dag_id> <conf json> <dags folder> [logical date]
 
 prints the task states as JSON after `RESULT `. The tests and the report benchmark call `environment()` (an
 Airflow home of their own, migrated, with the stack's connections) and `run_dag()`, which runs this in a fresh
-process so Airflow's configuration comes from that environment.
+process so Airflow's configuration comes from that environment. An operator can use it the same way to try
+a DAG change without the scheduler.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from cryptopipe.airflow_env import airflow_connections
-from cryptopipe.airflow_services import AIRFLOW_BIN
 from cryptopipe.settings import ROOT, Settings
+from ops.airflow import AIRFLOW_BIN
+from ops.airflow_env import airflow_connections
 
 DAGS = ROOT / "dags"
 
@@ -37,7 +38,7 @@ def run_dag(env: dict[str, str], dag_id: str, conf: dict, logical_date: datetime
     """dag.test() in a fresh process: the task states. With a logical date, a run like the scheduler's (params
     at their defaults). Raises with the run's output when it printed no result."""
     extra = [logical_date.isoformat()] if logical_date else []
-    result = subprocess.run([sys.executable, "-m", "cryptopipe.dag_test", dag_id, json.dumps(conf), str(DAGS), *extra],
+    result = subprocess.run([sys.executable, "-m", "ops.dag_run", dag_id, json.dumps(conf), str(DAGS), *extra],
                             env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:

@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cryptopipe import connectors, functions_ctl, ksql_deploy
 from cryptopipe.run import read_status
-from functions.alert_notifier.notifier import OUTCOMES
 from cryptopipe.settings import ROOT, Settings, load_settings
-from cryptopipe.stack import port_open
-from cryptopipe.topics import consumer_lag
+from ops import connectors, functions_ctl, ksql_deploy
+from ops.airflow import AirflowClient
+from ops.kafka_admin import consumer_lag
+from ops.process import port_open
 from replay.tape import load_tapes
 
 CHECK_SQL = ROOT / "dags" / "sql" / "candles_vs_trades.sql"
@@ -92,8 +92,6 @@ def run_dags(settings: Settings, symbols: list[str], console: Console) -> dict[s
 
     A paused DAG's runs wait in the queue, so each is unpaused for its run and paused again after (the
     scheduler may add its own hourly run while it is unpaused)."""
-    from cryptopipe.airflow_services import AirflowClient
-
     start, end = pg(settings, "SELECT min(window_start), max(window_start) + interval '1 minute' FROM candles_1m "
                               "WHERE symbol = ANY(%s)", (symbols,))[0]
     conf = {"start": start.isoformat(), "end": end.isoformat(), "symbols": symbols}
@@ -140,7 +138,7 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
 
     def alerts_lag() -> int | None:
         return consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group,
-                            (settings.alert_notifier_topic,)).get(settings.alert_notifier_topic)
+                            (settings.alerts_topic,)).get(settings.alerts_topic)
 
     with Progress(*columns, console=console) as progress:
         produced = progress.add_task("trades produced", total=total)
@@ -161,7 +159,7 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
             progress.update(loaded, completed=n_rows)
             progress.update(candles, completed=n_candles)
             progress.update(cached, completed=n_cached)
-            progress.update(notified, completed=notifier_counters(settings).get("handled", 0))
+            progress.update(notified, completed=sum(notifier_outcomes(settings).values()))
             # The lag probe opens a Kafka admin client and a consumer: only once the cheap checks pass.
             if (n_rows >= total and n_cached == len(symbols) and alerts_lag() == 0
                     and not candle_problems(settings, symbols)):
@@ -172,11 +170,9 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
     return False
 
 
-def notifier_counters(settings: Settings) -> dict[str, int]:
-    """The alert notifier's counters from its status file, with `handled` = every alert it has dealt with."""
-    counters = (read_status(settings, "alert-notifier") or {}).get("counters", {})
-    counters["handled"] = sum(counters.get(k, 0) for k in OUTCOMES)
-    return counters
+def notifier_outcomes(settings: Settings) -> dict[str, int]:
+    """What became of each alert the notifier read (delivered, logged, suppressed, ...), from its status file."""
+    return (read_status(settings, "alert-notifier") or {}).get("outcomes", {})
 
 
 def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
@@ -215,9 +211,9 @@ def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], conso
             console.print(f"  {row}")
     else:
         console.print("candles_1m equals the candles recomputed from the trades table, minute by minute.")
-    counters = notifier_counters(settings)
+    outcomes = notifier_outcomes(settings)
     where = "the webhook" if settings.alert_webhook_url else "logs/alert-notifier.log (no ALERT_WEBHOOK_URL set)"
-    console.print(f"Alert notifier: {', '.join(f'{k} {counters[k]:,}' for k in OUTCOMES if counters.get(k))}"
+    console.print(f"Alert notifier: {', '.join(f'{k} {n:,}' for k, n in outcomes.items() if n) or 'no alerts'}"
                   f" -> {where}")
     console.print(f"Airflow UI: {settings.airflow_url} (user {settings.airflow_admin_user}, password "
                   "AIRFLOW_ADMIN_PASSWORD in .env)")

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 from decimal import Decimal
 
+import httpx
+import ksql.api
 from jinja2 import Environment, StrictUndefined
+from ksql import KSQLAPI
+from ksql.errors import KSQLError
 
-from cryptopipe.settings import ROOT, Settings, load_settings
+from cryptopipe.settings import ROOT, Settings, load_settings, parse_thresholds
 
 KSQL_DIR = ROOT / "ksql"
 SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
@@ -23,8 +28,6 @@ CREATE = re.compile(r"^CREATE\s+(?:OR\s+REPLACE\s+)?(STREAM|TABLE)\s+(?:IF\s+NOT
 
 def threshold_case(default: float, overrides: str) -> str:
     """A CASE expression giving each symbol its threshold, with the default for the rest."""
-    from functions.stream_processor.windows import parse_thresholds
-
     by_symbol = parse_thresholds(overrides)
     for symbol in by_symbol:
         if not SYMBOL.match(symbol):
@@ -82,12 +85,6 @@ def normalize(sql: str) -> str:
 def ksql_client(url: str):
     """KSQLAPI from ksql-python-ng. Its 0.29 release passes `cert=` to httpx, which httpx 0.28 (required
     by quixstreams) no longer takes; the module's own httpx reference gets calls without it."""
-    import types
-
-    import httpx
-    import ksql.api
-    from ksql import KSQLAPI
-
     def drop_cert(func):
         return lambda *args, cert=None, **kwargs: func(*args, **kwargs)
 
@@ -97,8 +94,6 @@ def ksql_client(url: str):
 
 
 def deploy(settings: Settings, out=print) -> int:
-    from ksql.errors import KSQLError
-
     statements = render(settings)
     try:
         client = ksql_client(settings.ksqldb_url)

@@ -1,15 +1,32 @@
-"""`make status`: the native stack's health in readable tables; exit 1 when a service is down."""
+"""`make status`: the native stack's health in readable tables; exit 1 when a service is down.
+
+    python -m ops.status
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import Counter
 
+import psycopg2
+import redis
+import requests
+from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from cryptopipe.stack import NativeStack, tree_rss_mb
+from cryptopipe import topics
+from cryptopipe.run import read_status
+from cryptopipe.settings import load_settings
+from ops import functions_ctl
+from ops.airflow import AirflowClient
+from ops.connectors import load_configs
+from ops.db import table_counts
+from ops.kafka_admin import consumer_lag
+from ops.process import StackError, tree_rss_mb
+from ops.stack import NativeStack
 
 
 def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
@@ -19,10 +36,10 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
         table.add_column(col, justify="right" if col == "memory" else "left", no_wrap=col != "log")
     up_names, total_mb = set(), 0.0
     for svc in stack.services:
-        up = stack.is_up(svc)
+        up = svc.is_up()
         if up:
             up_names.add(svc.name)
-        pid = stack.pid_of(svc)
+        pid = svc.pid()
         rss = tree_rss_mb(pid) if pid else 0.0
         total_mb += rss
         table.add_row(
@@ -30,8 +47,8 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
             "[green]up[/green]" if up else "[red]down[/red]",
             str(pid or "-"),
             f"{rss:,.0f} MiB" if pid else "-",
-            stack.address(svc),
-            os.path.relpath(stack.log_file(svc.name)),
+            svc.address,
+            os.path.relpath(svc.log_file),
         )
     table.add_row("[bold]total[/bold]", "", "", f"{total_mb:,.0f} MiB", "", "")
     return table, up_names
@@ -39,17 +56,14 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
 
 def topic_table(stack: NativeStack) -> Table:
     """The declared topics with their record counts; a dead-letter topic holding records shows red."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from cryptopipe import topics
-
     consumer = Consumer({"bootstrap.servers": stack.s.kafka_bootstrap, "group.id": "cryptopipe-status"})
     table = Table(title="Kafka topics (records = retained offsets)", title_justify="left")
     for col in ("topic", "partitions", "records"):
         table.add_column(col, justify="left" if col == "topic" else "right")
+    declared = topics.declared(stack.s)
     try:
         present = consumer.list_topics(timeout=5).topics
-        for topic in topics.TOPICS:
+        for topic in declared:
             if topic.name not in present:
                 table.add_row(topic.name, "-", "[red]missing[/red]")
                 continue
@@ -59,12 +73,12 @@ def topic_table(stack: NativeStack) -> Table:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=5)
                 records += high - low
             shown = f"{records:,}"
-            if topic.name.startswith("crypto.dlq.") and records:
+            if topic.name.startswith((stack.s.dlq_topic_prefix, topics.DLQ_PREFIX)) and records:
                 shown = f"[red]{records:,}[/red]"
             table.add_row(topic.name, str(len(parts)), shown)
     finally:
         consumer.close()
-    others = len([t for t in present if not t.startswith("_")]) - len(topics.TOPICS)
+    others = len([t for t in present if not t.startswith("_")]) - len(declared)
     if others > 0:
         table.caption = f"and {others} other topics (tests, benchmarks, internal state)"
     return table
@@ -72,8 +86,6 @@ def topic_table(stack: NativeStack) -> Table:
 
 def consumer_groups(stack: NativeStack) -> dict[str, str]:
     """The pipeline's consumer groups and what reads with them."""
-    from cryptopipe.connectors import load_configs
-
     s = stack.s
     groups = {s.stream_consumer_group: "stream", s.redis_sink_group: "redis-sink",
               s.alert_notifier_group: "alert-notifier"}
@@ -84,8 +96,6 @@ def consumer_groups(stack: NativeStack) -> dict[str, str]:
 
 def lag_table(stack: NativeStack) -> Table:
     """Per consumer group and topic: records not yet committed (end offset minus committed offset)."""
-    from cryptopipe.topics import consumer_lag
-
     table = Table(title="Consumer lag", title_justify="left")
     for col in ("group", "reader", "topic", "lag"):
         table.add_column(col, justify="right" if col == "lag" else "left")
@@ -101,11 +111,6 @@ def lag_table(stack: NativeStack) -> Table:
 
 def freshness_table(stack: NativeStack) -> Table:
     """Per symbol: how old the newest trade in PostgreSQL, the newest candle and the Redis price are."""
-    import time
-
-    import psycopg2
-    import redis
-
     now = time.time()
 
     def age(epoch_s: float | None) -> str:
@@ -137,8 +142,6 @@ def freshness_table(stack: NativeStack) -> Table:
 
 
 def connect_tables(stack: NativeStack) -> list[Table]:
-    import requests
-
     base = stack.s.connect_url
     plugins = Table(title="Connect plugins", title_justify="left")
     plugins.add_column("class")
@@ -160,8 +163,6 @@ def connect_tables(stack: NativeStack) -> list[Table]:
 
 
 def postgres_table(stack: NativeStack) -> Table:
-    from cryptopipe.db import table_counts
-
     table = Table(title=f"PostgreSQL {stack.s.pg_database}", title_justify="left")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -171,8 +172,6 @@ def postgres_table(stack: NativeStack) -> Table:
 
 
 def redis_table(stack: NativeStack) -> Table:
-    import redis
-
     client = redis.Redis.from_url(stack.s.redis_url, socket_timeout=2)
     prefixes = Counter(key.split(b":", 1)[0].decode(errors="replace") for key in client.scan_iter(count=1000))
     table = Table(title="Redis keys", title_justify="left")
@@ -186,10 +185,6 @@ def redis_table(stack: NativeStack) -> Table:
 
 def source_table(stack: NativeStack) -> Table | None:
     """The Binance source's own report (var/run/source.json), if it has run."""
-    import time
-
-    from cryptopipe.run import read_status
-
     report = read_status(stack.s, "source")
     if report is None:
         return None
@@ -209,8 +204,6 @@ def source_table(stack: NativeStack) -> Table | None:
 
 
 def function_table(stack: NativeStack) -> Table:
-    from cryptopipe import functions_ctl
-
     table = Table(title="Functions", title_justify="left")
     for col in ("function", "state", "pid", "log"):
         table.add_column(col)
@@ -221,8 +214,6 @@ def function_table(stack: NativeStack) -> Table:
 
 
 def airflow_table(stack: NativeStack) -> Table:
-    from cryptopipe.airflow_services import AirflowClient
-
     s = stack.s
     table = Table(title=f"Airflow: {s.airflow_url} (user {s.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD "
                         "in .env)", title_justify="left")
@@ -269,3 +260,15 @@ def print_status(stack: NativeStack) -> int:
             all_up = False
     console.print("[green]all services up[/green]" if all_up else "[red]some services are down[/red]")
     return 0 if all_up else 1
+
+
+def main() -> int:
+    try:
+        return print_status(NativeStack(load_settings()))
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,17 @@
 """Start and stop the pipeline's functions as background processes (pid files in var/run, logs in logs/).
 
-    python -m cryptopipe.functions_ctl start [name ...]     (make run starts the PIPELINE)
-    python -m cryptopipe.functions_ctl stop [name ...]      (make stop; make down stops them too)
+    python -m ops.functions_ctl start [name ...]     (make run starts the PIPELINE)
+    python -m ops.functions_ctl stop [name ...]      (make stop; make down stops them too)
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 
 from cryptopipe.logs import LOG_FILE_VAR
 from cryptopipe.settings import Settings, load_settings
-from cryptopipe.stack import process_exists, spawn
+from ops.process import pid_from_file, process_exists, spawn, terminate
 
 MODULES = {
     "source": "functions.binance_source.source",
@@ -31,12 +29,7 @@ def pid_file(settings: Settings, name: str):
 
 def running_pid(settings: Settings, name: str) -> int | None:
     """The function's pid if it runs (checked against its command line, so a recycled pid never counts)."""
-    try:
-        pid = int(pid_file(settings, name).read_text())
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-    except (OSError, ValueError):
-        return None
-    return pid if MODULES[name] in cmdline and process_exists(pid) else None
+    return pid_from_file(pid_file(settings, name), MODULES[name])
 
 
 def start(settings: Settings, name: str, args: list[str] | None = None, env: dict[str, str] | None = None) -> int:
@@ -59,19 +52,14 @@ def stop(settings: Settings, name: str, timeout: float = 30.0) -> bool:
     """SIGTERM (each function flushes and commits on it), SIGKILL after the timeout. True if it was running."""
     pid = running_pid(settings, name)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while process_exists(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process_exists(pid):
-            os.kill(pid, signal.SIGKILL)
+        terminate(pid, lambda: process_exists(pid), timeout, group=False)
     pid_file(settings, name).unlink(missing_ok=True)
     return pid is not None
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[1] not in ("start", "stop") or any(n not in MODULES for n in argv[2:]):
-        print(f"usage: python -m cryptopipe.functions_ctl start|stop [{'|'.join(MODULES)} ...]", file=sys.stderr)
+        print(f"usage: python -m ops.functions_ctl start|stop [{'|'.join(MODULES)} ...]", file=sys.stderr)
         return 2
     settings = load_settings()
     names = argv[2:] or (PIPELINE if argv[1] == "start" else tuple(MODULES))

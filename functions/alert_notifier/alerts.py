@@ -1,0 +1,112 @@
+"""Alerts as the notifier reads them (crypto.alerts values, checked) and as it writes them: one line for
+people, and Slack's incoming-webhook JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+
+EMOJI = ":rotating_light:"
+REQUIRED = ("alert_id", "symbol", "rule", "window_start", "value", "threshold")
+
+
+class BadAlert(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A crypto.alerts value (fields in cryptopipe.schemas.ALERT)."""
+
+    alert_id: str
+    symbol: str
+    rule: str
+    window_start: int
+    value: Decimal
+    threshold: Decimal
+    price: Decimal | None
+    detected_at: int | None
+
+
+def _number(record: dict, name: str) -> Decimal:
+    raw = record[name]
+    if isinstance(raw, bool) or not isinstance(raw, (int, Decimal, str)):
+        raise BadAlert(f"{name} {raw!r} is not a number")
+    try:
+        number = Decimal(raw)
+    except InvalidOperation:
+        raise BadAlert(f"{name} {raw!r} is not a number") from None
+    if not number.is_finite():
+        raise BadAlert(f"{name} {raw!r} is not finite")
+    return number
+
+
+def parse_alert(raw: bytes) -> Alert:
+    """An alert record, checked; BadAlert names what is wrong. Fields beyond the contract are ignored."""
+    try:
+        record = json.loads(raw, parse_float=Decimal)
+    except (ValueError, TypeError) as err:
+        raise BadAlert(f"not JSON: {err}") from None
+    if not isinstance(record, dict):
+        raise BadAlert("not a JSON object")
+    missing = [k for k in REQUIRED if record.get(k) is None]
+    if missing:
+        raise BadAlert(f"missing field(s) {', '.join(missing)}")
+    for name in ("alert_id", "symbol", "rule"):
+        if not isinstance(record[name], str) or not record[name]:
+            raise BadAlert(f"{name} {record[name]!r} is not a non-empty string")
+    for name in ("window_start", "detected_at"):
+        if record.get(name) is not None and (isinstance(record[name], bool) or not isinstance(record[name], int)):
+            raise BadAlert(f"{name} {record[name]!r} is not epoch milliseconds")
+    return Alert(record["alert_id"], record["symbol"], record["rule"], record["window_start"],
+                 _number(record, "value"), _number(record, "threshold"),
+                 _number(record, "price") if record.get("price") is not None else None, record.get("detected_at"))
+
+
+def plain(number: Decimal) -> str:
+    """43210.50000000 -> 43210.5: every digit that matters, no exponent."""
+    return format(number.normalize(), "f")
+
+
+def amount(number: Decimal) -> str:
+    return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:,.2f}"
+
+
+def utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def describe(alert: Alert, now_ms: int | None = None) -> str:
+    """One line for people, without the symbol: 'price_move 1.52% (threshold 1.00%) in the minute from
+    12:03 UTC, price 43210.5'. The date is added when the window is not today (UTC)."""
+    start = utc(alert.window_start)
+    today = utc(now_ms if now_ms is not None else int(time.time() * 1000)).date()
+    when = f"{start:%H:%M} UTC" if start.date() == today else f"{start:%Y-%m-%d %H:%M} UTC"
+    if alert.rule == "price_move":
+        what = f"{alert.value:.2f}% (threshold {alert.threshold:.2f}%)"
+    elif alert.rule == "volume_spike":
+        what = f"quote volume {amount(alert.value)} (threshold {amount(alert.threshold)})"
+    else:
+        what = f"{plain(alert.value)} (threshold {plain(alert.threshold)})"
+    price = f", price {plain(alert.price)}" if alert.price is not None else ""
+    return f"{alert.rule} {what} in the minute from {when}{price}"
+
+
+def slack_message(alert: Alert, now_ms: int | None = None) -> dict:
+    """Slack's incoming-webhook JSON: `text` (notifications, and receivers that read nothing else) and blocks."""
+    line = describe(alert, now_ms)
+    start = utc(alert.window_start)
+    context = f"`{alert.alert_id}` · window {start:%Y-%m-%d %H:%M}-{start + timedelta(minutes=1):%H:%M} UTC"
+    if alert.detected_at is not None:
+        context += f" · detected {utc(alert.detected_at):%H:%M:%S} UTC"
+    return {
+        "text": f"{EMOJI} {alert.symbol} {line}",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"{EMOJI} *{alert.symbol}* {line}"}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+        ],
+    }
+

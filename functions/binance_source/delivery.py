@@ -1,0 +1,83 @@
+"""The source's producer and the cursors it moves: a symbol's cursor (where the source resumes, and what it
+reports) only passes trades the broker acknowledged, and after a failed delivery the fetch position goes
+back to what Kafka really holds."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Producer
+
+from cryptopipe.run import Counters
+from cryptopipe.settings import Settings
+from functions.binance_source.resume import newest_agg_ids
+from functions.binance_source.schedule import SymbolState
+
+log = logging.getLogger("binance_source")
+
+
+def trades_producer(settings: Settings) -> Producer:
+    return Producer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "batch.num.messages": 10_000,
+        # Java clients' key hash, so resume.partition_for finds each symbol's partition.
+        "partitioner": "murmur2_random",
+    })
+
+
+class Delivery:
+    """Produces trades of the symbols in `states` (the source's own dict) and follows their acknowledgements."""
+
+    def __init__(self, settings: Settings, states: dict[str, SymbolState], counters: Counters, producer: Producer):
+        self.s = settings
+        self.states = states
+        self.counters = counters
+        self.producer = producer
+        self.errors: list[str] = []
+
+    def produce(self, state: SymbolState, values: list[tuple[int, int, bytes]]) -> None:
+        key = state.symbol.encode()
+        for agg_id, trade_time, value in values:
+            state.inflight.append((agg_id, trade_time))
+            while True:
+                try:
+                    self.producer.produce(self.s.aggtrades_topic, value=value, key=key, timestamp=trade_time,
+                                          on_delivery=self.on_delivery)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def on_delivery(self, err, msg) -> None:
+        """Acknowledgements arrive in order per partition, and a symbol lives in one partition: the oldest
+        in-flight trade of the symbol is the one acknowledged."""
+        state = self.states.get(msg.key().decode())
+        if state is None or not state.inflight:
+            return
+        agg_id, trade_time = state.inflight.popleft()
+        if err is not None or state.delivery_failed:
+            state.delivery_failed = True
+            self.errors.append(str(err))
+            return
+        state.cursor = agg_id + 1
+        state.produced += 1
+        state.newest_time = trade_time
+        self.counters.count("trades_produced")
+
+    def recover(self, state: SymbolState) -> None:
+        """After a failed delivery: wait for what is in flight, then continue after what Kafka really holds."""
+        self.producer.flush(30)
+        self.counters.count("delivery_failures")
+        newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.aggtrades_topic, [state.symbol])
+        log.error("%s: delivery failed (%s); continuing after agg id %s, the newest in Kafka", state.symbol,
+                  "; ".join(self.errors[:3]), newest.get(state.symbol))
+        self.errors.clear()
+        if state.symbol in newest:
+            state.cursor = newest[state.symbol] + 1
+        state.fetch_from = state.cursor
+        state.inflight.clear()
+        state.delivery_failed = False

@@ -1,0 +1,95 @@
+"""What the Redis sink writes: a batch of records split into trades and candles per symbol, and one pipeline
+that lands each through a newer-only Lua script."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import redis
+
+# KEYS: price hash, history list. ARGV: price, trade_time, agg_id, now_ms, history length, channel,
+# then the batch's older trades of the symbol as price@time pairs for the history (oldest first).
+PRICE_SCRIPT = """
+local t, id = tonumber(ARGV[2]), tonumber(ARGV[3])
+local cur_t = tonumber(redis.call('HGET', KEYS[1], 'trade_time') or '-1')
+local cur_id = tonumber(redis.call('HGET', KEYS[1], 'agg_id') or '-1')
+if cur_t > t or (cur_t == t and cur_id >= id) then return 0 end
+for i = 7, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+redis.call('LPUSH', KEYS[2], ARGV[1] .. '@' .. ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+redis.call('HSET', KEYS[1], 'price', ARGV[1], 'trade_time', ARGV[2], 'agg_id', ARGV[3], 'updated_at', ARGV[4],
+           'stale', '0')
+redis.call('PUBLISH', ARGV[6], '{"price":' .. ARGV[1] .. ',"trade_time":' .. ARGV[2] .. ',"agg_id":' .. ARGV[3] .. '}')
+return 1
+"""
+
+# KEYS: candle hash. ARGV: window_start, trade_count, then field/value pairs. Newer = a later window, or
+# the same window with at least as many trades (updates of one window only grow).
+CANDLE_SCRIPT = """
+local ws, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cur_ws = tonumber(redis.call('HGET', KEYS[1], 'window_start') or '-1')
+local cur_n = tonumber(redis.call('HGET', KEYS[1], 'trade_count') or '-1')
+if cur_ws > ws or (cur_ws == ws and cur_n > n) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+
+CANDLE_FIELDS = ("symbol", "window_start", "window_end", "open", "high", "low", "close", "volume",
+                 "quote_volume", "trade_count", "vwap")
+
+
+def split(msgs: list, trades_topic: str,
+          bad: Callable[[object, Exception], None]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Trades per symbol in event order, and the newest candle update per symbol; `bad(msg, err)` for each
+    record that is neither."""
+    trades: dict[str, list[dict]] = {}
+    candles: dict[str, dict] = {}
+    for msg in msgs:
+        try:
+            value = json.loads(msg.value(), parse_float=str)
+            if msg.topic() == trades_topic:
+                trade = {"symbol": str(value["symbol"]), "price": str(value["price"]),
+                         "trade_time": int(value["trade_time"]), "agg_id": int(value["agg_id"])}
+                trades.setdefault(trade["symbol"], []).append(trade)
+            else:
+                candle = {k: value[k] for k in CANDLE_FIELDS}
+                key = candle["symbol"]
+                old = candles.get(key)
+                if old is None or (candle["window_start"], candle["trade_count"]) >= (
+                        old["window_start"], old["trade_count"]):
+                    candles[key] = candle
+        except (ValueError, KeyError, TypeError) as err:
+            bad(msg, err)
+    for rows in trades.values():
+        rows.sort(key=lambda t: (t["trade_time"], t["agg_id"]))
+    return trades, candles
+
+
+class Writer:
+    """One pipeline per batch through the newer-only scripts."""
+
+    def __init__(self, client: redis.Redis, history: int):
+        self.redis, self.history = client, history
+        self.price_script = client.register_script(PRICE_SCRIPT)
+        self.candle_script = client.register_script(CANDLE_SCRIPT)
+
+    def write(self, trades: dict[str, list[dict]], candles: dict[str, dict]) -> int:
+        """Per symbol, its newest trade (with the others for the history) and its newest candle. Returns how
+        many prices were newer than what Redis held."""
+        now_ms = str(int(time.time() * 1000))
+        pipe = self.redis.pipeline(transaction=False)
+        history = self.history
+        for symbol, rows in trades.items():
+            newest = rows[-1]
+            older = [f"{t['price']}@{t['trade_time']}" for t in rows[-history:-1]]
+            self.price_script(keys=[f"price:{symbol}", f"prices:{symbol}"], client=pipe, args=[
+                newest["price"], newest["trade_time"], newest["agg_id"], now_ms, history, f"prices:{symbol}",
+                *older])
+        for symbol, candle in candles.items():
+            fields = [x for k in CANDLE_FIELDS for x in (k, candle[k])]
+            self.candle_script(keys=[f"candle:{symbol}"], args=[candle["window_start"], candle["trade_count"], *fields],
+                               client=pipe)
+        results = pipe.execute()
+        return sum(results[: len(trades)])

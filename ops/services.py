@@ -1,0 +1,243 @@
+"""The native stack's services, one class each: how to check it can start, start it, tell it is ready, stop it.
+
+PostgreSQL lives in ops.postgres and Airflow's processes in ops.airflow; Redis, Kafka (KRaft, one node) and
+Kafka Connect with the Debezium JDBC sink are here. Kafka and Connect come from Maven Central jars
+(`make setup`), each on its own classpath, the JDBC plugin only under plugin.path.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import redis
+import requests
+from confluent_kafka.admin import AdminClient
+
+from cryptopipe.settings import ROOT, Settings
+from ops.process import StackError, pid_from_file, port_open, rotate_at_start, spawn, terminate
+
+CONFIG_DIR = ROOT / "stack" / "config"
+LIB_DIR = ROOT / "stack" / "lib"
+PLUGIN_DIR = LIB_DIR / "plugins"
+JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
+
+
+class Service:
+    """One process of the stack. Subclasses set the class attributes and implement start() and ready()."""
+
+    name = ""
+    port_var = ""  # the setting that moves its port, named in error messages
+    marker = ""  # a string in the process's command line, so a recycled pid is never taken for ours
+    # Independent of the services after it: start those without waiting, check this one at the end.
+    wait_later = False
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.run_dir = settings.var_dir / "run"
+
+    @property
+    def port(self) -> int | None:
+        """Its own listening port; None for a process that listens nowhere."""
+        return None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}" if self.port is not None else "-"
+
+    @property
+    def log_file(self) -> Path:
+        return self.s.logs_dir / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    def pid(self) -> int | None:
+        """The pid `up` recorded, if that process still runs and is this service."""
+        return pid_from_file(self.pid_file, self.marker)
+
+    def preflight(self) -> None:
+        """Raise StackError naming the fix when something it needs is missing (a binary, jars)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def is_up(self) -> bool:
+        try:
+            return self.ready()
+        except Exception:  # a service that is down answers with any kind of connection error
+            return False
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            terminate(pid, lambda: self.pid() is not None, timeout=60)
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, stdout: Path | None = None) -> None:
+        """Start the process; its stdout goes to its log (rotated at each start when large), or to `stdout`."""
+        out = stdout or self.log_file
+        rotate_at_start(out, self.s.log_max_bytes, self.s.log_backups)
+        spawn(argv, out, self.pid_file, env)
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def write_properties(path: Path, props: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by ops.stack from stack/config; edit that, not this.\n" + "".join(
+        f"{k}={v}\n" for k, v in props.items()
+    ))
+
+
+class Redis(Service):
+    name, port_var, marker = "redis", "REDIS_PORT", "redis-server"
+
+    @property
+    def port(self) -> int:
+        return self.s.redis_port
+
+    def preflight(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise StackError("redis-server not found: run `make setup` (as root it installs redis-server).")
+
+    def start(self) -> None:
+        data = self.s.var_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self.spawn([
+            "redis-server", str(CONFIG_DIR / "redis.conf"), "--port", str(self.s.redis_port),
+            "--bind", self.s.redis_host, "--dir", str(data), "--daemonize", "no", "--logfile", "",
+        ])
+
+    def ready(self) -> bool:
+        return bool(redis.Redis.from_url(self.s.redis_url, socket_timeout=1).ping())
+
+
+class JavaService(Service):
+    """A JVM process from the jars `make setup` resolved into stack/lib/<jars>."""
+
+    jars = ""
+    heap_setting = ""
+
+    def java(self) -> str:
+        java = shutil.which(self.s.java)
+        if java is None:
+            raise StackError(
+                f"Java not found (JAVA={self.s.java}). Install Java 17+ (as root: apt-get install "
+                "openjdk-17-jre-headless, or run `make setup`), or set JAVA to the java binary."
+            )
+        out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+        match = re.search(r'version "(\d+)', out)
+        if match is None or int(match.group(1)) < 17:
+            raise StackError(f"{java} is not Java 17 or newer ({out.strip().splitlines()[0]}); set JAVA to a newer one.")
+        return java
+
+    def classpath(self) -> str:
+        if not list((LIB_DIR / self.jars).glob("*.jar")):
+            raise StackError(f"No Kafka jars in stack/lib/{self.jars}: run `make setup` (it resolves them with Maven).")
+        return str(LIB_DIR / self.jars / "*")
+
+    def preflight(self) -> None:
+        self.java()
+        self.classpath()
+
+    def jvm(self, name: str, heap: str) -> list[str]:
+        return [
+            self.java(), "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={CONFIG_DIR / 'log4j2.properties'}", f"-Dcryptopipe.service={name}",
+            f"-Dcryptopipe.logs={self.s.logs_dir}",
+            "-cp", self.classpath(),
+        ]
+
+
+class Kafka(JavaService):
+    name, port_var, marker, jars = "kafka", "KAFKA_PORT", "kafka.Kafka", "broker"
+
+    @property
+    def port(self) -> int:
+        return self.s.kafka_port
+
+    def start(self) -> None:
+        host, port, cport = self.s.kafka_host, self.s.kafka_port, self.s.kafka_controller_port
+        if port_open(host, cport):
+            raise StackError(f"Port {cport} for the Kafka controller is in use: set KAFKA_CONTROLLER_PORT in .env.")
+        data = self.s.var_dir / "kafka"
+        props = read_properties(CONFIG_DIR / "kafka.properties") | {
+            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+            "controller.quorum.voters": f"1@{host}:{cport}",
+            "log.dirs": str(data),
+        }
+        conf = self.run_dir / "kafka.properties"
+        write_properties(conf, props)
+        if not (data / "meta.properties").exists():
+            # Formatting happens once; an existing log folder is never re-formatted.
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            subprocess.run(
+                [*self.jvm("kafka-storage", "256m"), "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(conf), "-g"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        # log4j2 writes and rolls logs/kafka.log itself.
+        self.spawn([*self.jvm("kafka", self.s.kafka_heap), "kafka.Kafka", str(conf)],
+                   stdout=self.s.logs_dir / "kafka.out")
+
+    def ready(self) -> bool:
+        if not port_open(self.s.kafka_host, self.s.kafka_port):
+            return False
+        admin = AdminClient({"bootstrap.servers": self.s.kafka_bootstrap, "socket.timeout.ms": 2000})
+        return len(admin.list_topics(timeout=2).brokers) > 0
+
+
+class Connect(JavaService):
+    name, port_var, marker, jars = "connect", "CONNECT_PORT", "ConnectDistributed", "connect"
+
+    @property
+    def port(self) -> int:
+        return self.s.connect_port
+
+    def preflight(self) -> None:
+        super().preflight()
+        if not list(PLUGIN_DIR.glob("debezium-connector-jdbc/*.jar")):
+            raise StackError("The Debezium JDBC sink plugin is missing from stack/lib/plugins: run `make setup`.")
+
+    def environment(self) -> dict[str, str]:
+        """Secrets the connector configs reference as ${env:NAME}; Connect resolves them at deploy time."""
+        return {
+            "PG_WRITER_PASSWORD": self.s.pg_writer_password.get_secret_value(),
+            "PG_JDBC_URL": self.s.jdbc_url(),
+            "KAFKA_HEAP_OPTS": "",
+        }
+
+    def start(self) -> None:
+        props = read_properties(CONFIG_DIR / "connect-distributed.properties") | {
+            "bootstrap.servers": self.s.kafka_bootstrap,
+            "listeners": f"http://{self.s.connect_host}:{self.s.connect_port}",
+            "rest.advertised.host.name": self.s.connect_host,
+            "rest.advertised.port": str(self.s.connect_port),
+            "plugin.path": str(PLUGIN_DIR),
+        }
+        conf = self.run_dir / "connect.properties"
+        write_properties(conf, props)
+        self.spawn([*self.jvm("connect", self.s.connect_heap), "org.apache.kafka.connect.cli.ConnectDistributed",
+                    str(conf)], env=self.environment(), stdout=self.s.logs_dir / "connect.out")
+
+    def ready(self) -> bool:
+        # /connectors answers only once the worker has joined its group and read the config topic.
+        return requests.get(f"{self.s.connect_url}/connectors", timeout=2).status_code == 200
+
