@@ -86,11 +86,11 @@ def timed(run, stop, processed, n: int) -> float:
 def stream_rate(settings, topic: str, n: int, workdir: Path) -> float:
     u = uuid.uuid4().hex[:6]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    outs = [fresh_topic(admin, name) for name in ("candles", "stats", "alerts")]
+    outs = [fresh_topic(admin, name) for name in ("candles", "stats", "alerts", "valid-trades")]
     s = settings.model_copy(update={
         "aggtrades_topic": topic, "candles_topic": outs[0], "stats_topic": outs[1],
-        "alerts_topic": outs[2], "dlq_topic_prefix": f"bench.{u}.dlq.", "stream_consumer_group": f"bench-stream-{u}",
-        "var_dir": workdir / f"var-{u}"})
+        "alerts_topic": outs[2], "trades_topic": outs[3], "dlq_topic_prefix": f"bench.{u}.dlq.",
+        "stream_consumer_group": f"bench-stream-{u}", "var_dir": workdir / f"var-{u}"})
     function = StreamFunction(s)
     return timed(function.run, function.app.stop, lambda: function.counters["trades_in"], n)
 

@@ -9,8 +9,11 @@ columns; tests check all four against this module. Decimals are written as JSON 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
+
+from cryptopipe import topics
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,12 @@ ALERT = (
     Field("detected_at", "timestamp"),
 )
 
-BY_TOPIC = {"binance.aggtrades": TRADE, "crypto.candles-1m": CANDLE, "crypto.stats-5m": STATS, "crypto.alerts": ALERT}
+# crypto.trades holds the trades of binance.aggtrades that pass check_trade, as received: the same fields.
+BY_TOPIC = {topics.AGGTRADES: TRADE, topics.TRADES: TRADE, topics.CANDLES_1M: CANDLE, topics.STATS_5M: STATS,
+            topics.ALERTS: ALERT}
 # The name of each topic's Connect schema in the JDBC sink connectors' `value.converter.schema.content`.
-CONNECT_NAMES = {"binance.aggtrades": "crypto.trade", "crypto.candles-1m": "crypto.candle",
-                 "crypto.stats-5m": "crypto.stats", "crypto.alerts": "crypto.alert"}
+CONNECT_NAMES = {topics.AGGTRADES: "crypto.trade", topics.TRADES: "crypto.trade", topics.CANDLES_1M: "crypto.candle",
+                 topics.STATS_5M: "crypto.stats", topics.ALERTS: "crypto.alert"}
 
 
 def names(fields: tuple[Field, ...]) -> list[str]:
@@ -101,3 +106,140 @@ def to_json(fields: tuple[Field, ...], record: dict) -> bytes:
             text = str(int(value))
         parts.append(f'"{f.name}":{text}')
     return ("{" + ",".join(parts) + "}").encode()
+
+
+# ---- the validation contract ------------------------------------------------------------------------
+# What a valid record of each topic is, for every consumer alike (stream engine, Redis sink, notifier, and
+# the stream engine's validated trades, which are all the JDBC sink reads): types; ranges that fit the
+# PostgreSQL columns and Flink's DECIMAL(18, 8); no time outside a sane range; no decimal exponent that
+# could overflow arithmetic; key rules. Each check returns the record with typed values (Decimal, int, str,
+# bool) or raises Invalid with a reason fit for a dead-letter header.
+
+SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+RULES = ("price_move", "volume_spike")
+MIN_TIME_MS = 1_262_304_000_000  # 2010-01-01T00:00:00Z: before any crypto exchange's first trade
+MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+MAX_INT64 = 2**63 - 1
+MAX_ID_LENGTH = 200
+MINUTE_MS = 60_000
+
+
+class Invalid(ValueError):
+    """A record that breaks the contract; str() is the reason."""
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+def decode(value: bytes | None) -> dict:
+    """A record value as a JSON object with decimals kept exact, or Invalid."""
+    if value is None:
+        raise Invalid("tombstone: no value")
+    try:
+        record = _DECODER.decode(value.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Invalid("value is not UTF-8") from None
+    except ValueError as err:
+        raise Invalid(f"not JSON: {err}") from None
+    if not isinstance(record, dict):
+        raise Invalid(f"not a JSON object but {type(record).__name__}")
+    return record
+
+
+def _decimal(record: dict, name: str, int_digits: int, scale: int, positive: bool = True) -> Decimal:
+    raw = record.get(name)
+    if isinstance(raw, bool) or not isinstance(raw, (int, Decimal)):
+        raise Invalid(f"{name} {raw!r:.60} is not a JSON number")
+    number = raw if isinstance(raw, Decimal) else Decimal(raw)
+    if not number.is_finite():
+        raise Invalid(f"{name} is not finite")
+    sign, digits, exponent = number.as_tuple()
+    # Read from the tuple, never computed: 1e999999999 must not reach any arithmetic.
+    if digits != (0,) and len(digits) + exponent > int_digits:
+        raise Invalid(f"{name} {raw!s:.40} has more than {int_digits} digits before the point")
+    if exponent < -scale and any(digits[exponent + scale:] if exponent + scale < 0 else ()):
+        raise Invalid(f"{name} {raw!s:.40} has more than {scale} decimals")
+    if positive and (sign or digits == (0,)):
+        raise Invalid(f"{name} {raw!s:.40} is not positive")
+    return number
+
+
+def _int(record: dict, name: str, low: int = 0, high: int = MAX_INT64) -> int:
+    raw = record.get(name)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise Invalid(f"{name} {raw!r:.60} is not an integer")
+    if not low <= raw <= high:
+        raise Invalid(f"{name} {raw} is outside {low}..{high}")
+    return raw
+
+
+def _time(record: dict, name: str) -> int:
+    return _int(record, name, MIN_TIME_MS, MAX_TIME_MS)
+
+
+def _symbol(record: dict) -> str:
+    symbol = record.get("symbol")
+    if not isinstance(symbol, str) or not SYMBOL.match(symbol):
+        raise Invalid(f"symbol {symbol!r:.40} is not 2-20 upper-case letters and digits")
+    return symbol
+
+
+def _key_is(key: bytes | None, expected: str, what: str) -> None:
+    if key != expected.encode():
+        raise Invalid(f"key {key!r:.60} is not the {what} {expected!r}")
+
+
+def check_trade(key: bytes | None, value: bytes | None) -> dict:
+    """A binance.aggtrades record: keyed by its symbol; ids are int64; price and qty positive decimals of at most
+    10 digits before the point and 8 after; trade_time between 2010 and 2100."""
+    record = decode(value)
+    trade = {"symbol": _symbol(record), "agg_id": _int(record, "agg_id"),
+             "price": _decimal(record, "price", 10, 8), "qty": _decimal(record, "qty", 10, 8),
+             "first_trade_id": _int(record, "first_trade_id"), "last_trade_id": _int(record, "last_trade_id"),
+             "trade_time": _time(record, "trade_time"), "is_buyer_maker": record.get("is_buyer_maker")}
+    if not isinstance(trade["is_buyer_maker"], bool):
+        raise Invalid(f"is_buyer_maker {trade['is_buyer_maker']!r:.20} is not a boolean")
+    if trade["last_trade_id"] < trade["first_trade_id"]:
+        raise Invalid("last_trade_id is before first_trade_id")
+    _key_is(key, trade["symbol"], "symbol")
+    return trade
+
+
+def check_candle(key: bytes | None, value: bytes | None) -> dict:
+    """A crypto.candles-1m record: a whole minute; prices positive, low <= open, close <= high; at least one
+    trade. The key is the symbol, or (ksqlDB's windowed key) the symbol followed by 8 bytes of window start."""
+    record = decode(value)
+    candle = {"symbol": _symbol(record), "window_start": _time(record, "window_start"),
+              "window_end": _time(record, "window_end"), "trade_count": _int(record, "trade_count", 1)}
+    for name in ("open", "high", "low", "close", "vwap"):
+        candle[name] = _decimal(record, name, 10, 8)
+    candle["volume"] = _decimal(record, "volume", 10, 8)
+    candle["quote_volume"] = _decimal(record, "quote_volume", 20, 16)
+    if candle["window_start"] % MINUTE_MS or candle["window_end"] != candle["window_start"] + MINUTE_MS:
+        raise Invalid("window is not one whole minute")
+    if not candle["low"] <= min(candle["open"], candle["close"]) <= max(candle["open"], candle["close"]) <= candle["high"]:
+        raise Invalid("open and close are not between low and high")
+    symbol = candle["symbol"].encode()
+    if key is not None and key != symbol and not (len(key) == len(symbol) + 8 and key.startswith(symbol)):
+        raise Invalid(f"key {key!r:.60} is not the symbol {candle['symbol']!r}")
+    return candle
+
+
+def check_alert(key: bytes | None, value: bytes | None) -> dict:
+    """A crypto.alerts record: keyed by its alert id; a known rule; value and threshold decimals of at most 20
+    digits before the point and 16 after; times between 2010 and 2100."""
+    record = decode(value)
+    alert_id = record.get("alert_id")
+    if not isinstance(alert_id, str) or not 0 < len(alert_id) <= MAX_ID_LENGTH or not alert_id.isprintable():
+        raise Invalid(f"alert_id {alert_id!r:.60} is not a printable string of 1-{MAX_ID_LENGTH} characters")
+    rule = record.get("rule")
+    if rule not in RULES:
+        raise Invalid(f"rule {rule!r:.40} is not one of {', '.join(RULES)}")
+    alert = {"alert_id": alert_id, "symbol": _symbol(record), "rule": rule,
+             "window_start": _time(record, "window_start"),
+             "value": _decimal(record, "value", 20, 16, positive=False),
+             "threshold": _decimal(record, "threshold", 20, 16, positive=False),
+             "price": None if record.get("price") is None else _decimal(record, "price", 10, 8),
+             "detected_at": _time(record, "detected_at")}
+    _key_is(key, alert_id, "alert id")
+    return alert

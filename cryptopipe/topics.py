@@ -26,6 +26,8 @@ class Topic:
 
 
 AGGTRADES = "binance.aggtrades"
+# The trades of AGGTRADES that pass the validation contract, as received: what the JDBC sink loads.
+TRADES = "crypto.trades"
 CANDLES_1M = "crypto.candles-1m"
 STATS_5M = "crypto.stats-5m"
 ALERTS = "crypto.alerts"
@@ -56,6 +58,7 @@ class TopicNames(Protocol):
     """What `declared` reads of the settings (cryptopipe.settings.Settings has it)."""
 
     aggtrades_topic: str
+    trades_topic: str
     candles_topic: str
     stats_topic: str
     alerts_topic: str
@@ -68,6 +71,8 @@ def declared(settings: TopicNames) -> tuple[Topic, ...]:
     return (
         # Symbols are the key, so three partitions spread symbols over up to three consumers per group.
         Topic(settings.aggtrades_topic, partitions=3, retention_ms=7 * DAY_MS),
+        # As many partitions as the trades it comes from: each validated trade keeps its partition.
+        Topic(settings.trades_topic, partitions=3, retention_ms=7 * DAY_MS),
         Topic(settings.candles_topic, partitions=3, retention_ms=30 * DAY_MS),
         Topic(settings.stats_topic, partitions=3, retention_ms=30 * DAY_MS),
         # Keyed by the deterministic alert id: compaction keeps the newest version of each alert.

@@ -156,13 +156,38 @@ def harness(settings, unique, tmp_path):
 # ---- unit tests: no services ---------------------------------------------------------------------
 
 def test_records_that_are_not_alerts_are_named():
-    for raw, reason in [(b"{oops", "not JSON"), (b"[1]", "not a JSON object"),
-                        (b'{"alert_id": "a", "symbol": "S"}', "missing field(s) rule, window_start, value, threshold"),
-                        (b'{"alert_id": "a", "symbol": "S", "rule": "r", "window_start": 1, "value": "x", '
-                         b'"threshold": 1}', "value 'x' is not a number")]:
+    """The notifier reads alerts through the validation contract (schemas.check_alert)."""
+    good = alert("BTCUSDT")
+    key = good["alert_id"].encode()
+    for raw, reason in [(b"{oops", "not JSON"), (b"[1]", "not a JSON object"), (None, "tombstone"),
+                        (b'{"alert_id": "a", "symbol": "SS"}', "rule None is not one of price_move, volume_spike"),
+                        (b'{"alert_id": "a", "symbol": "SS", "rule": "price_move", "window_start": 1617580800000, '
+                         b'"value": "x", "threshold": 1}', "value 'x' is not a JSON number")]:
         with pytest.raises(BadAlert, match=reason.replace("(", r"\(").replace(")", r"\)")):
-            parse_alert(raw)
-    assert parse_alert(schemas.to_json(schemas.ALERT, alert("BTCUSDT", price=None))).price is None
+            parse_alert(b"a", raw)
+    assert parse_alert(key, schemas.to_json(schemas.ALERT, alert("BTCUSDT", price=None))).price is None
+    with pytest.raises(BadAlert, match="key"):
+        parse_alert(b"another", schemas.to_json(schemas.ALERT, good))
+
+
+def test_an_alert_the_contract_accepts_always_formats():
+    """At the contract's edges describe() and slack_message() still make a message (no overflow, no date
+    out of range)."""
+    from cryptopipe.schemas import MAX_TIME_MS, MIN_TIME_MS
+    from functions.alert_notifier.alerts import describe, slack_message
+
+    biggest = Decimal("9" * 20 + "." + "9" * 16)
+    for rule in ("price_move", "volume_spike"):
+        for ws in (MIN_TIME_MS, MAX_TIME_MS // MIN * MIN - MIN):
+            for value in (biggest, biggest.copy_negate(), Decimal("1E-16"), Decimal("0")):
+                a = alert("BTCUSDT", rule, window_start=ws, alert_id=f"BTCUSDT:{rule}:{ws}", value=value,
+                          threshold=value, price=Decimal("9999999999.99999999"), detected_at=MAX_TIME_MS)
+                raw = json.dumps({k: str(v) if isinstance(v, Decimal) else v for k, v in a.items()})
+                for k in ("value", "threshold", "price"):  # as JSON numbers, every digit kept
+                    raw = raw.replace(f'"{k}": "{a[k]}"', f'"{k}": {a[k]}')
+                parsed = parse_alert(a["alert_id"].encode(), raw.encode())
+                assert parsed.value == value
+                assert rule in describe(parsed) and slack_message(parsed)["text"]
 
 
 def test_retry_after_in_seconds_or_as_a_date():
@@ -268,7 +293,7 @@ def test_undeliverable_and_malformed_alerts_go_to_the_dead_letter_topic_and_the_
     assert len(dead) == 4
     for record, reason in [(refused, b"the webhook refused it: HTTP 400 no"),
                            (down, b"gave up after 3 attempts: no answer"),
-                           (not_json, b"not JSON"), (no_rule, b"missing field(s) rule")]:
+                           (not_json, b"not JSON"), (no_rule, b"rule None is not one of")]:
         raw = schemas.to_json(schemas.ALERT, record) if isinstance(record, dict) else record
         headers = dead[raw]
         assert reason in headers["error.reason"], headers

@@ -49,11 +49,11 @@ def target_topic(statement: str, streams: dict[str, str]) -> str:
 
 def test_every_file_opens_with_a_comment_and_splits_into_statements():
     files = sorted(KSQL_DIR.glob("*.sql"))
-    assert [f.name[:3] for f in files] == ["01_", "02_", "03_", "04_"]
+    assert [f.name[:3] for f in files] == ["01_", "02_", "03_", "04_", "05_"]
     for path in files:
         assert path.read_text().startswith("-- "), path.name
     statements = render(SETTINGS)
-    assert len(statements) == 6
+    assert len(statements) == 7
     for _, stmt in statements:
         assert re.match(r"(CREATE (STREAM|TABLE) IF NOT EXISTS|INSERT INTO) ", stmt), stmt[:50]
         assert stmt.endswith(";") and stmt.count(";") == 1
@@ -75,7 +75,7 @@ def test_selects_produce_exactly_the_schema_fields():
             topic = streams[created.group(1).lower()]
             assert [c for c in declared_columns(stmt) if not c.endswith("_key")] == \
                 schemas.names(schemas.BY_TOPIC[topic]), topic
-    assert checked == {"crypto.candles-1m", "crypto.stats-5m", "crypto.alerts"}
+    assert checked == {"crypto.candles-1m", "crypto.stats-5m", "crypto.alerts", "crypto.trades"}
 
 
 def test_windows_have_an_explicit_grace_period():

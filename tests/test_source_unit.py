@@ -28,7 +28,7 @@ def test_trade_value_keeps_exact_decimals():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"p": 58001.03}, "field p"), ({"p": "1e5"}, "field p"), ({"p": "0.00000000"}, "not positive"),
+    ({"p": 58001.03}, "field p"), ({"p": "1e25"}, "price"), ({"p": "0.00000000"}, "not positive"),
     ({"q": None}, "field q"), ({"a": "1"}, "field a"), ({"a": True}, "field a"), ({"T": -1}, "field T"),
     ({"m": "true"}, "field m"), ({"l": 1}, "last trade id"),
 ])
@@ -96,3 +96,134 @@ def test_busy_symbols_are_polled_more_often():
     # The intervals never spend more than the budget: polls/s * weight * window <= budget.
     polls_per_s = 1 / busy + 1 / quiet
     assert polls_per_s * 4 * source.gate.window_s <= source.gate.budget * 1.001
+
+
+# ---- the validation contract: the source produces only what every consumer accepts ----------------------
+
+def corpus() -> list[object]:
+    """Real aggTrades of the tapes, and items breaking each rule of the contract at and beyond its edges."""
+    from cryptopipe.schemas import MAX_INT64, MAX_TIME_MS, MIN_TIME_MS
+    from replay.tape import load_tapes
+    from tests.helpers import TAPES
+
+    items: list[object] = [t for tape in load_tapes(TAPES).values() for t in tape.trades[:300]]
+    for k in ("a", "f", "l"):
+        items += [GOOD | {k: v} for v in (0, -1, MAX_INT64, MAX_INT64 + 1, 2**64, 1.0, "5", None, False)]
+    items += [GOOD | {"T": v} for v in (MIN_TIME_MS - 1, MIN_TIME_MS, MAX_TIME_MS, MAX_TIME_MS + 1, 2**63 + 5, -1, 5)]
+    items += [GOOD | {"f": 2, "l": 1}, GOOD | {"f": MAX_INT64, "l": MAX_INT64}]
+    numbers = ["0.00000001", "0.000000001", "0.00000000", "0", "-0", "0.0", "1", "-1", "-0.5", "9999999999",
+               "9999999999.99999999", "10000000000", "99999999999.5", "1.12345678", "1.123456789", "1.1234567800",
+               "1.000000000000", "00.5", "01", ".5", "5.", "1e5", "1E-8", "1e-9", "1e25", "1e999999999",
+               "1e-999999999", "2.5e3", "1E+2", "NaN", "Infinity", "-Infinity", "abc", "", "0x10", "1_000",
+               "١٢٣", "1١", "5" * 5000, "1.5 ", True, None, 1.5, 2, ["1"]]
+    items += [GOOD | {k: v} for k in ("p", "q") for v in numbers]
+    items += [GOOD | {"m": v} for v in (False, 0, 1, "true", None)]
+    items += [{k: v for k, v in GOOD.items() if k != drop} for drop in ("a", "p", "q", "f", "l", "T", "m")]
+    items += [[], "x", None, 5, GOOD | {"extra": "ignored"}]
+    return items
+
+
+def built_value(symbol: str, item: object) -> bytes | None:
+    """The value trade_value writes for an item with Binance's field types, built plainly here; None for an
+    item of other types, or whose price or quantity text is not one JSON number token (nothing to build)."""
+    import re
+
+    if not isinstance(item, dict) or not {"a", "p", "q", "f", "l", "T", "m"} <= item.keys():
+        return None
+    if not all(isinstance(item[k], str) and re.fullmatch(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?", item[k])
+               for k in ("p", "q")):
+        return None
+    m = json.dumps(item["m"])
+    return (f'{{"symbol":"{symbol}","agg_id":{json.dumps(item["a"])},"price":{item["p"]},"qty":{item["q"]},'
+            f'"first_trade_id":{json.dumps(item["f"])},"last_trade_id":{json.dumps(item["l"])},'
+            f'"trade_time":{json.dumps(item["T"])},"is_buyer_maker":{m}}}').encode()
+
+
+def test_trade_value_accepts_exactly_what_the_contract_accepts():
+    from cryptopipe.schemas import Invalid, check_trade
+
+    accepted = refused = 0
+    for item in corpus():
+        value = built_value("BTCUSDT", item)
+        try:
+            contract = check_trade(b"BTCUSDT", value) if value is not None else None
+        except Invalid:
+            contract = None
+        try:
+            agg_id, trade_time, produced = trade_value("BTCUSDT", item)
+        except BadTrade as err:
+            assert contract is None, (item, str(err))
+            assert str(err)
+            refused += 1
+            continue
+        assert contract is not None, item
+        assert produced == value and (agg_id, trade_time) == (contract["agg_id"], contract["trade_time"])
+        accepted += 1
+    assert accepted > 900 and refused > 100
+    # A symbol outside the contract never gets into a value, and no text can smuggle fields into it.
+    with pytest.raises(BadTrade):
+        trade_value("btc-usdt", GOOD)
+    with pytest.raises(BadTrade):
+        trade_value("BTCUSDT", GOOD | {"p": '1,"agg_id":5'})
+
+
+# ---- setup and recovery never crash on what the exchange or Kafka does -------------------------------------
+
+class FakeClient:
+    """Answers exchangeInfo from a list, one answer per request."""
+
+    def __init__(self, answers: list):
+        self.answers = answers
+
+    def get(self, path, params=None, weight=1):
+        return self.answers.pop(0)
+
+
+def test_a_malformed_exchange_info_is_counted_and_asked_again(tmp_path):
+    from cryptopipe.retry import retrying
+    from functions.binance_source.client import RateLimited, TransientError
+
+    settings = Settings(_env_file=None, **SECRETS, binance_symbols="BTCUSDT", var_dir=tmp_path)
+    source = BinanceSource(settings, producer=object())
+    source.setup_retry = retrying((TransientError, RateLimited), 0.001, 0.01)
+    source.delivery.newest = lambda symbols: {"BTCUSDT": 41}
+    weight = {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE"}
+    source.client = FakeClient([
+        [], "oops", {"symbols": "BTCUSDT"}, {"symbols": [{"status": "TRADING"}]}, {"symbols": [{"symbol": 5}]},
+        {"symbols": [{"symbol": "BTCUSDT"}], "rateLimits": "many"},
+        {"symbols": [{"symbol": "BTCUSDT"}], "rateLimits": [weight | {"limit": "1200"}]},
+        {"symbols": [{"symbol": "BTCUSDT"}], "rateLimits": [None]},
+        {"symbols": [{"symbol": "BTCUSDT", "status": "TRADING"}], "rateLimits": [weight | {"limit": 1200}]},
+    ])
+    source.setup()
+    assert source.counters["bad_exchange_info"] == 8
+    assert source.gate.limit == 1200 and source.states["BTCUSDT"].cursor == 42
+
+
+def test_recovery_waits_for_kafka_instead_of_failing(tmp_path, monkeypatch):
+    from confluent_kafka import KafkaError, KafkaException
+
+    from cryptopipe.retry import retrying
+    from functions.binance_source import delivery
+
+    class Producer:
+        def flush(self, _timeout):
+            return 0
+
+    calls = []
+
+    def newest_agg_ids(bootstrap, topic, symbols):
+        calls.append(symbols)
+        if len(calls) <= 3:
+            raise [KafkaException(KafkaError(KafkaError._TRANSPORT)), TimeoutError("read timed out"),
+                   LookupError("no partitions")][len(calls) - 1]
+        return {"BTCUSDT": 41}
+
+    monkeypatch.setattr(delivery, "newest_agg_ids", newest_agg_ids)
+    settings = Settings(_env_file=None, **SECRETS, var_dir=tmp_path)
+    source = BinanceSource(settings, producer=Producer())
+    source.delivery.kafka_retry = retrying(delivery.KAFKA_AWAY, 0.001, 0.01)
+    state = SymbolState("BTCUSDT", cursor=10, fetch_from=30, delivery_failed=True)
+    source.delivery.recover(state)
+    assert len(calls) == 4 and source.counters["kafka_unavailable"] == 3
+    assert (state.cursor, state.fetch_from, state.delivery_failed) == (42, 42, False)

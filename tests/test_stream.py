@@ -51,7 +51,7 @@ def pipeline(settings, unique, tmp_path):
 
     class Pipeline:
         trades = f"test.trades-{unique}"
-        candles, stats, alerts = (f"test.{n}-{unique}" for n in ("candles", "stats", "alerts"))
+        candles, stats, alerts, valid = (f"test.{n}-{unique}" for n in ("candles", "stats", "alerts", "valid"))
         dlq_prefix = f"test.{unique}.dlq."
         dlq = dlq_prefix + "stream"
         group = f"test-stream-{unique}"
@@ -76,7 +76,7 @@ def pipeline(settings, unique, tmp_path):
             return expected
 
         def start(self, **env) -> Process:
-            base = {"AGGTRADES_TOPIC": self.trades, "CANDLES_TOPIC": self.candles,
+            base = {"AGGTRADES_TOPIC": self.trades, "TRADES_TOPIC": self.valid, "CANDLES_TOPIC": self.candles,
                     "STATS_TOPIC": self.stats, "ALERTS_TOPIC": self.alerts,
                     "DLQ_TOPIC_PREFIX": self.dlq_prefix, "STREAM_CONSUMER_GROUP": self.group,
                     "VAR_DIR": str(tmp_path / "var")}
@@ -93,11 +93,11 @@ def pipeline(settings, unique, tmp_path):
             return json.loads((tmp_path / "var" / "run" / "stream.json").read_text())
 
     p = Pipeline()
-    create_topics(settings, p.trades, p.candles, p.stats, p.alerts, partitions=3)
+    create_topics(settings, p.trades, p.valid, p.candles, p.stats, p.alerts, partitions=3)
     create_topics(settings, p.dlq, partitions=1)
     yield p
     kill_running(p.procs)
-    delete_topics(settings, p.trades, p.candles, p.stats, p.alerts, p.dlq)
+    delete_topics(settings, p.trades, p.valid, p.candles, p.stats, p.alerts, p.dlq)
 
 
 def assert_candles_equal(final: dict, symbol: str, expected: dict[int, dict]) -> None:
@@ -201,8 +201,12 @@ def test_out_of_order_late_and_bad_records(settings, stack, pipeline):
     assert "late trade BTCUSDT id %d" % too_late["a"] in proc.output()
     reasons = sorted(dict(m.headers())["error.reason"].decode() for m in read_topic(settings, pipeline.dlq))
     assert len(reasons) == 3
-    assert reasons[0].startswith("missing field(s) price, qty, trade_time")
-    assert reasons[1].startswith("not JSON") and reasons[2] == "quantity -5.0 is negative"
+    assert reasons[0].startswith("not JSON") and reasons[1] == "price None is not a JSON number"
+    assert reasons[2] == "qty -5.0 is not positive"
+    # Every valid trade, the too-late one included, goes on to the validated trades as it came.
+    valid = read_topic(settings, pipeline.valid)
+    assert sorted(json.loads(m.value())["agg_id"] for m in valid) == sorted(
+        [t["a"] for t in trades] + [beyond["a"], too_late["a"]])
 
 
 def test_kill_9_mid_tape_keeps_candles_exact_and_alerts_unique(settings, stack, pipeline):

@@ -3,18 +3,17 @@ people, and Slack's incoming-webhook JSON."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+
+from cryptopipe.schemas import Invalid, check_alert
 
 EMOJI = ":rotating_light:"
-REQUIRED = ("alert_id", "symbol", "rule", "window_start", "value", "threshold")
 
-
-class BadAlert(ValueError):
-    pass
+# A record that is not a valid alert: the validation contract's refusal (str() is the reason).
+BadAlert = Invalid
 
 
 @dataclass(frozen=True)
@@ -31,39 +30,13 @@ class Alert:
     detected_at: int | None
 
 
-def _number(record: dict, name: str) -> Decimal:
-    raw = record[name]
-    if isinstance(raw, bool) or not isinstance(raw, (int, Decimal, str)):
-        raise BadAlert(f"{name} {raw!r} is not a number")
-    try:
-        number = Decimal(raw)
-    except InvalidOperation:
-        raise BadAlert(f"{name} {raw!r} is not a number") from None
-    if not number.is_finite():
-        raise BadAlert(f"{name} {raw!r} is not finite")
-    return number
-
-
-def parse_alert(raw: bytes) -> Alert:
-    """An alert record, checked; BadAlert names what is wrong. Fields beyond the contract are ignored."""
-    try:
-        record = json.loads(raw, parse_float=Decimal)
-    except (ValueError, TypeError) as err:
-        raise BadAlert(f"not JSON: {err}") from None
-    if not isinstance(record, dict):
-        raise BadAlert("not a JSON object")
-    missing = [k for k in REQUIRED if record.get(k) is None]
-    if missing:
-        raise BadAlert(f"missing field(s) {', '.join(missing)}")
-    for name in ("alert_id", "symbol", "rule"):
-        if not isinstance(record[name], str) or not record[name]:
-            raise BadAlert(f"{name} {record[name]!r} is not a non-empty string")
-    for name in ("window_start", "detected_at"):
-        if record.get(name) is not None and (isinstance(record[name], bool) or not isinstance(record[name], int)):
-            raise BadAlert(f"{name} {record[name]!r} is not epoch milliseconds")
-    return Alert(record["alert_id"], record["symbol"], record["rule"], record["window_start"],
-                 _number(record, "value"), _number(record, "threshold"),
-                 _number(record, "price") if record.get("price") is not None else None, record.get("detected_at"))
+def parse_alert(key: bytes | None, raw: bytes | None) -> Alert:
+    """An alert record checked against the validation contract (`schemas.check_alert`: a known rule, times
+    between 2010 and 2100, decimals that format without overflow, keyed by its id); BadAlert names what is
+    wrong. Fields beyond the contract are ignored."""
+    a = check_alert(key, raw)
+    return Alert(a["alert_id"], a["symbol"], a["rule"], a["window_start"], a["value"], a["threshold"], a["price"],
+                 a["detected_at"])
 
 
 def plain(number: Decimal) -> str:

@@ -42,7 +42,7 @@ log = logging.getLogger("alert_notifier")
 
 COMPONENT = "alert-notifier"
 # The counters of what became of each record; the others count attempts and errors.
-OUTCOMES = ("delivered", "logged", "suppressed", "duplicates", "stale", "dead_lettered", "bad_records", "tombstones")
+OUTCOMES = ("delivered", "logged", "suppressed", "duplicates", "stale", "dead_lettered", "bad_records")
 
 
 class AlertNotifier:
@@ -109,19 +109,25 @@ class AlertNotifier:
         if pending is None:  # revoked while this batch was read
             return
         pending.add(msg.offset())
-        if msg.value() is None:  # a tombstone on the compacted topic deletes, it does not alert
-            self.counters.count("tombstones")
-            pending.finish(msg.offset())
-            return
+        now_ms = int(time.time() * 1000)
+        # The validation contract decides what an alert is (a tombstone is not one: the stream never deletes
+        # an alert); the message is made here too, so that no alert that passed can fail later.
         try:
-            alert = parse_alert(msg.value())
+            alert = parse_alert(msg.key(), msg.value())
+            line, message = describe(alert, now_ms), slack_message(alert, now_ms)
         except BadAlert as err:
+            reason = str(err)
+        except Exception as err:  # defence in depth: one record never stops the notifier
+            log.exception("internal error handling %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
+            reason = f"internal error: {err!r:.500}"
+        else:
+            reason = None
+        if reason is not None:
             self.counters.count("bad_records")
             log.warning("bad record %s[%d]@%d to %s: %s", msg.topic(), msg.partition(), msg.offset(),
-                        self.dead_letters.topic, err)
-            self.dead_letter(msg, pending, str(err))
+                        self.dead_letters.topic, reason)
+            self.dead_letter(msg, pending, reason)
             return
-        now_ms = int(time.time() * 1000)
         max_age_ms = self.s.alert_max_age_s * 1000
         if max_age_ms and now_ms - alert.window_start > max_age_ms:
             self.counters.count("stale")
@@ -140,14 +146,14 @@ class AlertNotifier:
                      alert.rule, self.s.alert_cooldown_s)
             pending.finish(msg.offset())
             return
-        log.info("ALERT %s %s [%s]", alert.symbol, describe(alert, now_ms), alert.alert_id)
+        log.info("ALERT %s %s [%s]", alert.symbol, line, alert.alert_id)
         if self.webhook is None:
             self.memory.mark_sent(alert)
             self.counters.count("logged")
             pending.finish(msg.offset())
             return
         self.in_flight.add(alert.alert_id)
-        self.webhook.submit(Job(alert, msg, pending, slack_message(alert, now_ms)))
+        self.webhook.submit(Job(alert, msg, pending, message))
 
     def dead_letter(self, msg, pending: Pending, reason: str, **extra) -> None:
         """The record as received to the dead-letter topic; its offset counts as done once the broker has it."""

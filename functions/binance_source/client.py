@@ -92,6 +92,28 @@ class WeightGate:
         self.paused_until = max(self.paused_until, now + seconds)
 
 
+def exchange_info(info: object) -> tuple[set[str], int | None]:
+    """The listed symbols and the request-weight limit per minute (None when not given) of an exchangeInfo
+    answer; ValueError names what is malformed."""
+    if not isinstance(info, dict):
+        raise ValueError(f"answer is a {type(info).__name__}, not an object")
+    symbols, limits = info.get("symbols"), info.get("rateLimits", [])
+    if not isinstance(symbols, list):
+        raise ValueError(f"symbols is {type(symbols).__name__}, not a list")
+    if not all(isinstance(s, dict) and isinstance(s.get("symbol"), str) for s in symbols):
+        raise ValueError("an entry of symbols has no symbol")
+    if not isinstance(limits, list) or not all(isinstance(rl, dict) for rl in limits):
+        raise ValueError("rateLimits is not a list of objects")
+    limit = None
+    for rl in limits:
+        if rl.get("rateLimitType") == "REQUEST_WEIGHT" and rl.get("interval") == "MINUTE":
+            value = rl.get("limit")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"the request weight limit {value!r:.40} is not a positive integer")
+            limit = value if limit is None else min(limit, value)
+    return {s["symbol"] for s in symbols}, limit
+
+
 class BinanceClient:
     def __init__(self, base_url: str, gate: WeightGate, connect_timeout: float, read_timeout: float):
         self.base_url = base_url.rstrip("/")

@@ -5,15 +5,20 @@ back to what Kafka really holds."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
+from cryptopipe.retry import retrying
 from cryptopipe.run import Counters
 from cryptopipe.settings import Settings
 from functions.binance_source.resume import newest_agg_ids
 from functions.binance_source.schedule import SymbolState
 
 log = logging.getLogger("binance_source")
+
+# What reading the topic back raises while Kafka is away or the topic is not there yet (resume.newest_agg_ids).
+KAFKA_AWAY = (KafkaException, TimeoutError, RuntimeError, LookupError)
 
 
 def trades_producer(settings: Settings) -> Producer:
@@ -32,12 +37,16 @@ def trades_producer(settings: Settings) -> Producer:
 class Delivery:
     """Produces trades of the symbols in `states` (the source's own dict) and follows their acknowledgements."""
 
-    def __init__(self, settings: Settings, states: dict[str, SymbolState], counters: Counters, producer: Producer):
+    def __init__(self, settings: Settings, states: dict[str, SymbolState], counters: Counters, producer: Producer,
+                 stopping: Callable[[], bool] = lambda: False):
         self.s = settings
         self.states = states
         self.counters = counters
         self.producer = producer
+        self.stopping = stopping
         self.errors: list[str] = []
+        # Reading back what Kafka holds waits for Kafka, however long it is away.
+        self.kafka_retry = retrying(KAFKA_AWAY, 0.5, 30.0)
 
     def produce(self, state: SymbolState, values: list[tuple[int, int, bytes]]) -> None:
         key = state.symbol.encode()
@@ -68,11 +77,29 @@ class Delivery:
         state.newest_time = trade_time
         self.counters.count("trades_produced")
 
+    def newest(self, symbols: list[str]) -> dict[str, int]:
+        """{symbol: newest agg_id in Kafka}, waiting with backoff while Kafka cannot answer (SystemExit when
+        the source is stopped meanwhile)."""
+        def fail(err: Exception, attempt: int) -> None:
+            if self.stopping():
+                raise SystemExit(0)
+            self.counters.count("kafka_unavailable")
+            log.warning("cannot read the newest trades back from %s (attempt %d): %s; waiting for Kafka",
+                        self.s.aggtrades_topic, attempt, err)
+
+        return self.kafka_retry.call_with_retry(
+            lambda: newest_agg_ids(self.s.kafka_bootstrap, self.s.aggtrades_topic, symbols), fail,
+            with_failure_count=True)
+
     def recover(self, state: SymbolState) -> None:
-        """After a failed delivery: wait for what is in flight, then continue after what Kafka really holds."""
-        self.producer.flush(30)
+        """After a failed delivery: wait until nothing is in flight (delivered, or failed after the producer's
+        message.timeout.ms), then continue after what Kafka really holds."""
+        while (left := self.producer.flush(5)) > 0:
+            log.warning("%d records still in flight; waiting for Kafka", left)
+            if self.stopping():
+                raise SystemExit(0)
         self.counters.count("delivery_failures")
-        newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.aggtrades_topic, [state.symbol])
+        newest = self.newest([state.symbol])
         log.error("%s: delivery failed (%s); continuing after agg id %s, the newest in Kafka", state.symbol,
                   "; ".join(self.errors[:3]), newest.get(state.symbol))
         self.errors.clear()

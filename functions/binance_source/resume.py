@@ -50,6 +50,8 @@ def newest_agg_ids(bootstrap: str, topic: str, symbols: list[str], timeout: floa
     })
     try:
         partitions = len(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        if not partitions:
+            raise LookupError(f"topic {topic} has no partitions (not created yet?)")
         wanted: dict[int, set[str]] = {}
         for symbol in symbols:
             wanted.setdefault(partition_for(symbol, partitions), set()).add(symbol)

@@ -30,9 +30,9 @@ from functions.binance_source.client import (
     RateLimited,
     TransientError,
     WeightGate,
+    exchange_info,
 )
 from functions.binance_source.delivery import Delivery, trades_producer
-from functions.binance_source.resume import newest_agg_ids
 from functions.binance_source.schedule import SymbolState, due, poll_interval
 from functions.binance_source.trades import BadTrade, parse_start_time, trade_value
 
@@ -60,7 +60,7 @@ class BinanceSource:
                                     settings.binance_read_timeout_s)
         self.producer = producer or trades_producer(settings)
         self.states: dict[str, SymbolState] = {}
-        self.delivery = Delivery(settings, self.states, self.counters, self.producer)
+        self.delivery = Delivery(settings, self.states, self.counters, self.producer, lambda: self.stopping)
         self.dead_letters = DeadLetters(settings, "source", self.counters, self.producer)
         self.start_time = parse_start_time(settings.binance_start_time)
         self.backoff = backoff(0.5, 30.0)
@@ -71,13 +71,10 @@ class BinanceSource:
 
     def setup(self) -> None:
         """Check the symbols against exchangeInfo and find each one's cursor."""
-        info = self.call_with_retry("/api/v3/exchangeInfo", {}, 20)
-        listed = {s["symbol"]: s.get("status") for s in info.get("symbols", [])}
-        for rl in info.get("rateLimits", []):
-            if rl.get("rateLimitType") == "REQUEST_WEIGHT" and rl.get("interval") == "MINUTE":
-                if rl["limit"] < self.gate.limit:
-                    log.info("exchange limit is %d weight/min; using it instead of %d", rl["limit"], self.gate.limit)
-                    self.gate.limit = rl["limit"]
+        listed, limit = self.call_with_retry(self.exchange_info)
+        if limit is not None and limit < self.gate.limit:
+            log.info("exchange limit is %d weight/min; using it instead of %d", limit, self.gate.limit)
+            self.gate.limit = limit
         for symbol in self.s.symbols:
             if symbol not in listed:
                 log.error("symbol %s is not listed by %s/api/v3/exchangeInfo: skipping it", symbol,
@@ -87,20 +84,29 @@ class BinanceSource:
                 self.states[symbol] = SymbolState(symbol)
         if not self.states:
             raise SystemExit("error: none of BINANCE_SYMBOLS is listed by the exchange; nothing to do")
-        newest = newest_agg_ids(self.s.kafka_bootstrap, self.s.aggtrades_topic, list(self.states))
+        newest = self.delivery.newest(list(self.states))
         for symbol, state in self.states.items():
             if symbol in newest:
                 state.cursor = state.fetch_from = newest[symbol] + 1
                 log.info("%s: resuming after agg id %d found in %s", symbol, newest[symbol], self.s.aggtrades_topic)
 
-    def call_with_retry(self, path: str, params: dict, weight: int) -> object:
+    def exchange_info(self) -> tuple[set[str], int | None]:
+        """GET exchangeInfo, read; a malformed answer is counted and retried like a failed request."""
+        info = self.client.get("/api/v3/exchangeInfo", {}, 20)
+        try:
+            return exchange_info(info)
+        except ValueError as err:
+            self.counters.count("bad_exchange_info")
+            raise TransientError(f"malformed exchangeInfo: {err}") from None
+
+    def call_with_retry(self, do):
+        """A start-up request, retried with backoff until it succeeds or the source is stopped."""
         def fail(err: Exception, attempt: int) -> None:
             if self.stopping:
                 raise SystemExit(0)
-            log.warning("%s failed (attempt %d): %s", path, attempt, err)
+            log.warning("start-up request failed (attempt %d): %s", attempt, err)
 
-        return self.setup_retry.call_with_retry(lambda: self.client.get(path, params, weight), fail,
-                                                with_failure_count=True)
+        return self.setup_retry.call_with_retry(do, fail, with_failure_count=True)
 
     def find_start(self, state: SymbolState) -> None:
         """A symbol with no history starts at the configured time, or after the newest trade."""
@@ -127,16 +133,18 @@ class BinanceSource:
         self.setup()
         log.info("polling %s from %s (weight budget %d of %d per %g s)", ", ".join(self.states),
                  self.s.binance_base_url, self.gate.budget, self.gate.limit, self.gate.window_s)
-        while not self.stopping and self.states:
-            state = due(self.states)
-            delay = state.next_poll - time.monotonic()
-            if delay > 0:
-                self.producer.poll(min(delay, 0.5))
+        try:
+            while not self.stopping and self.states:
+                state = due(self.states)
+                delay = state.next_poll - time.monotonic()
+                if delay > 0:
+                    self.producer.poll(min(delay, 0.5))
+                    self.report()
+                    continue
+                self.poll_symbol(state)
                 self.report()
-                continue
-            self.poll_symbol(state)
-            self.report()
-        self.close()
+        finally:  # also when stopped while waiting for Kafka
+            self.close()
 
     def poll_symbol(self, state: SymbolState) -> None:
         if state.cursor is None:
@@ -231,7 +239,12 @@ class BinanceSource:
 
     def dead_letter(self, symbol: str, value: bytes, reason: str) -> None:
         log.warning("%s: to %s: %s", symbol, self.dead_letters.topic, reason)
-        self.dead_letters.send(value, symbol.encode(), reason, symbol=symbol, base_url=self.s.binance_base_url)
+        while True:
+            try:
+                self.dead_letters.send(value, symbol.encode(), reason, symbol=symbol, base_url=self.s.binance_base_url)
+                return
+            except BufferError:  # the queue is full while Kafka is away: wait for room, as for trades
+                self.producer.poll(0.05)
 
     def interval(self, state: SymbolState) -> float:
         """Seconds until the symbol's next poll (schedule.poll_interval)."""

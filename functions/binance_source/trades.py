@@ -6,7 +6,15 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-DECIMAL = re.compile(r"^\d{1,24}(\.\d{1,24})?$")
+from cryptopipe.schemas import MAX_INT64, MAX_TIME_MS, MIN_TIME_MS, SYMBOL, Invalid, check_trade
+
+# What Binance sends and the validation contract accepts, read from the text alone (no Decimal, no JSON
+# parse per trade): a JSON number of at most 10 digits before the point and at most 8 decimals that are not
+# zero. Other JSON numbers ("1e5", "-1", 11 digits) are decided by the contract itself, on the value built.
+PLAIN = re.compile(r"(?:0|[1-9][0-9]{0,9})(?:\.[0-9]{1,8}0*)?\Z")
+NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")  # one JSON number token
+RANGES = {"a": (0, MAX_INT64), "f": (0, MAX_INT64), "l": (0, MAX_INT64), "T": (MIN_TIME_MS, MAX_TIME_MS)}
+_valid_symbols: set[str] = set()
 
 
 class BadTrade(ValueError):
@@ -14,7 +22,8 @@ class BadTrade(ValueError):
 
 
 def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
-    """(agg_id, trade_time, JSON value) of one aggTrades item, or BadTrade naming what is wrong.
+    """(agg_id, trade_time, JSON value) of one aggTrades item, or BadTrade naming what is wrong. It accepts
+    exactly the items whose value the validation contract (`schemas.check_trade`) accepts.
 
     Prices and quantities are written as JSON numbers with Binance's exact digits, so no float rounding
     happens anywhere on the way to PostgreSQL's numeric columns."""
@@ -23,24 +32,38 @@ def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
     missing = [k for k in ("a", "p", "q", "f", "l", "T", "m") if k not in item]
     if missing:
         raise BadTrade(f"missing field(s) {', '.join(missing)}")
-    for k in ("a", "f", "l", "T"):
-        if not isinstance(item[k], int) or isinstance(item[k], bool) or item[k] < 0:
-            raise BadTrade(f"field {k} is {item[k]!r}, not a non-negative integer")
+    for k, (low, high) in RANGES.items():
+        v = item[k]
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+            raise BadTrade(f"field {k} is {v!r:.40}, not an integer in {low}..{high}")
+    exact = True  # the fast checks settle it; else the contract decides on the value built
     for k in ("p", "q"):
-        if not isinstance(item[k], str) or not DECIMAL.match(item[k]):
-            raise BadTrade(f"field {k} is {item[k]!r}, not a decimal string")
+        v = item[k]
+        if not isinstance(v, str) or not NUMBER.match(v):
+            raise BadTrade(f"field {k} is {v!r:.40}, not a decimal string")
+        if not PLAIN.match(v):
+            exact = False
+        elif not v.strip("0."):
+            raise BadTrade(f"{'price' if k == 'p' else 'quantity'} {v} is not positive")
     if not isinstance(item["m"], bool):
-        raise BadTrade(f"field m is {item['m']!r}, not a boolean")
-    if float(item["p"]) <= 0:
-        raise BadTrade(f"price {item['p']} is not positive")
+        raise BadTrade(f"field m is {item['m']!r:.20}, not a boolean")
     if item["l"] < item["f"]:
         raise BadTrade(f"last trade id {item['l']} is before first trade id {item['f']}")
+    if symbol not in _valid_symbols:
+        if not SYMBOL.match(symbol):
+            raise BadTrade(f"symbol {symbol!r:.40} is not 2-20 upper-case letters and digits")
+        _valid_symbols.add(symbol)
     value = (
         f'{{"symbol":"{symbol}","agg_id":{item["a"]},"price":{item["p"]},"qty":{item["q"]},'
         f'"first_trade_id":{item["f"]},"last_trade_id":{item["l"]},"trade_time":{item["T"]},'
         f'"is_buyer_maker":{"true" if item["m"] else "false"}}}'
-    )
-    return item["a"], item["T"], value.encode()
+    ).encode()
+    if not exact:
+        try:
+            check_trade(symbol.encode(), value)
+        except Invalid as err:
+            raise BadTrade(str(err)) from None
+    return item["a"], item["T"], value
 
 
 def parse_start_time(text: str) -> int | None:

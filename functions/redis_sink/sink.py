@@ -65,14 +65,15 @@ class RedisSink:
     # ---- one batch -----------------------------------------------------------------------------
 
     def prepare(self, msgs: list) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-        """Trades per symbol in event order, and the newest candle update per symbol; bad records to the DLQ."""
+        """Trades per symbol in event order, and the newest candle update per symbol; records the validation
+        contract refuses to the DLQ."""
         return split(msgs, self.s.aggtrades_topic, self.bad_record)
 
-    def bad_record(self, msg, err: Exception) -> None:
+    def bad_record(self, msg, reason: str) -> None:
         self.counters.count("bad_records")
-        log.warning("bad record %s[%d]@%d to %s: %r", msg.topic(), msg.partition(), msg.offset(),
-                    self.dead_letters.topic, err)
-        self.dead_letters.send(msg.value(), msg.key(), repr(err), topic=msg.topic(), partition=msg.partition(),
+        log.warning("bad record %s[%d]@%d to %s: %s", msg.topic(), msg.partition(), msg.offset(),
+                    self.dead_letters.topic, reason)
+        self.dead_letters.send(msg.value(), msg.key(), reason, topic=msg.topic(), partition=msg.partition(),
                                offset=msg.offset())
 
     def write(self, trades: dict[str, list[dict]], candles: dict[str, dict]) -> None:

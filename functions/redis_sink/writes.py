@@ -1,13 +1,16 @@
-"""What the Redis sink writes: a batch of records split into trades and candles per symbol, and one pipeline
-that lands each through a newer-only Lua script."""
+"""What the Redis sink writes: a batch of records checked against the validation contract
+(cryptopipe.schemas) and split into trades and candles per symbol, and one pipeline that lands each through a
+newer-only Lua script."""
 
 from __future__ import annotations
 
-import json
 import time
+from decimal import Decimal
 from typing import Callable
 
 import redis
+
+from cryptopipe.schemas import Invalid, check_candle, check_trade
 
 # KEYS: price hash, history list. ARGV: price, trade_time, agg_id, now_ms, history length, channel,
 # then the batch's older trades of the symbol as price@time pairs for the history (oldest first).
@@ -40,28 +43,36 @@ CANDLE_FIELDS = ("symbol", "window_start", "window_end", "open", "high", "low", 
                  "quote_volume", "trade_count", "vwap")
 
 
+def text(value: object) -> object:
+    """Decimals as written, never in exponent form (0.00000100, not 1.00E-6); other values as they are."""
+    return format(value, "f") if isinstance(value, Decimal) else value
+
+
 def split(msgs: list, trades_topic: str,
-          bad: Callable[[object, Exception], None]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """Trades per symbol in event order, and the newest candle update per symbol; `bad(msg, err)` for each
-    record that is neither."""
+          bad: Callable[[object, str], None]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Trades per symbol in event order, and the newest candle update per symbol; `bad(msg, reason)` for each
+    record the validation contract refuses (check_trade, check_candle), or whose handling raised."""
     trades: dict[str, list[dict]] = {}
     candles: dict[str, dict] = {}
     for msg in msgs:
         try:
-            value = json.loads(msg.value(), parse_float=str)
             if msg.topic() == trades_topic:
-                trade = {"symbol": str(value["symbol"]), "price": str(value["price"]),
-                         "trade_time": int(value["trade_time"]), "agg_id": int(value["agg_id"])}
+                t = check_trade(msg.key(), msg.value())
+                trade = {"symbol": t["symbol"], "price": text(t["price"]), "trade_time": t["trade_time"],
+                         "agg_id": t["agg_id"]}
                 trades.setdefault(trade["symbol"], []).append(trade)
             else:
-                candle = {k: value[k] for k in CANDLE_FIELDS}
+                c = check_candle(msg.key(), msg.value())
+                candle = {k: text(c[k]) for k in CANDLE_FIELDS}
                 key = candle["symbol"]
                 old = candles.get(key)
                 if old is None or (candle["window_start"], candle["trade_count"]) >= (
                         old["window_start"], old["trade_count"]):
                     candles[key] = candle
-        except (ValueError, KeyError, TypeError) as err:
-            bad(msg, err)
+        except Invalid as err:
+            bad(msg, str(err))
+        except Exception as err:  # defence in depth: one record never stops the sink
+            bad(msg, f"internal error: {err!r:.500}")
     for rows in trades.values():
         rows.sort(key=lambda t: (t["trade_time"], t["agg_id"]))
     return trades, candles

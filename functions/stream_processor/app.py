@@ -9,14 +9,17 @@
   from closed 1-minute aggregates, so a trade updates one window, not six).
 - crypto.alerts: price-move and volume rules, checked on every trade; each alert id is emitted once, by
   the trade that first breaks the rule in its window.
-- crypto.dlq.stream: records that cannot be read, with the reason in headers.
+- crypto.trades: every trade that passes the validation contract (cryptopipe.schemas.check_trade), byte for
+  byte as received, with its key and timestamp: what the JDBC sink loads into `trades`.
+- crypto.dlq.stream: every record that breaks the contract (tombstones included), and any record whose
+  handling raised, with the reason and its topic, partition and offset in headers; the next one follows.
 
 Each trade updates a single window state: its 1-minute aggregate, which holds the candle, the sums for
 the statistics and the rules already raised. Window state lives in RocksDB with changelog topics, so a
 `kill -9` loses none of it. The processing guarantee is exactly-once (Kafka transactions): candles, stats,
-alerts, window state and input offsets commit together, so after a crash nothing is written twice, and
-the sinks read with isolation.level=read_committed. Late trades within the grace period update their
-window; later ones are counted and logged.
+alerts, validated trades, dead letters, window state and input offsets commit together, so after a crash
+nothing is written twice, and the sinks read with isolation.level=read_committed. Late trades within the
+grace period update their window; later ones are counted and logged (and still go to crypto.trades).
 """
 
 from __future__ import annotations
@@ -27,18 +30,19 @@ import time
 from collections import Counter
 from decimal import Decimal
 
-from confluent_kafka import Producer
-from quixstreams import Application
+from confluent_kafka import KafkaException
+from quixstreams import Application, message_context
+from quixstreams.exceptions import QuixException
 from quixstreams.sinks import BaseSink
+from quixstreams.state.exceptions import StateSerializationError
 
 from cryptopipe import schemas
+from cryptopipe.dlq import DeadLetters
 from cryptopipe.logs import setup_logging
 from cryptopipe.run import write_status
 from cryptopipe.settings import Settings, load_settings, parse_thresholds
-from cryptopipe.topics import dlq_headers
 from functions.stream_processor.windows import (
     AlertRules,
-    BadRecord,
     alert_id,
     candle_record,
     minute_add,
@@ -51,6 +55,9 @@ from functions.stream_processor.windows import (
 log = logging.getLogger("stream_processor")
 
 MINUTE_MS = 60_000
+# Errors of the machinery, not of one record: they stop the function (its supervisor restarts it), since
+# skipping the record would not help. Every other error handling a record sends that record to the DLQ.
+NOT_THE_RECORDS_FAULT = (KafkaException, BufferError, MemoryError, QuixException)
 
 
 class Outputs(BaseSink):
@@ -72,6 +79,12 @@ class Outputs(BaseSink):
     def produce(self, topic: str, key: str, value: bytes, counter: str) -> None:
         self.fn.app._producer.produce(topic=topic, key=key.encode(), value=value)  # the app's transaction
         self.fn.counters[counter] += 1
+
+    def trade(self, t: dict, timestamp_ms: int) -> None:
+        """A validated trade to crypto.trades as received: same bytes, key and timestamp."""
+        self.fn.app._producer.produce(topic=self.fn.s.trades_topic, key=t["key"], value=t["raw"],
+                                      timestamp=timestamp_ms)
+        self.fn.counters["trades_out"] += 1
 
     def candle(self, key: str, window: dict) -> None:
         self.changed[(key, window["start"])] = window
@@ -108,7 +121,6 @@ class StreamFunction:
             move_pct_by_symbol=parse_thresholds(settings.alert_move_pct_symbols),
             quote_volume_by_symbol=parse_thresholds(settings.alert_quote_volume_symbols),
         )
-        self.dlq = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
         instance = f"{settings.stream_consumer_group}-{settings.stream_instance_id}"
         self.app = Application(
             broker_address=settings.kafka_bootstrap,
@@ -122,16 +134,20 @@ class StreamFunction:
             # of waiting out the session and transaction timeouts.
             consumer_extra_config={"isolation.level": "read_committed", "group.instance.id": instance},
             producer_extra_config={"transactional.id": instance},
+            on_processing_error=self.on_error,
             loglevel=None,
         )
+        # Dead letters go through the application's producer too: in the transaction, so exactly once.
+        self.dlq = DeadLetters(settings, "stream", producer=self.app._producer)
         self.outputs = Outputs(self)
         self.build()
 
     def build(self) -> None:
         s, app = self.s, self.app
         grace_ms = s.stream_grace_s * 1000
-        trades = app.dataframe(app.topic(s.aggtrades_topic, key_deserializer="str", value_deserializer="bytes"))
-        trades = trades.apply(self.parse).filter(lambda t: t is not None)
+        # Keys as bytes: a key that is not UTF-8 is a bad record for the contract to refuse, not a crash.
+        trades = app.dataframe(app.topic(s.aggtrades_topic, key_deserializer="bytes", value_deserializer="bytes"))
+        trades = trades.apply(self.parse, metadata=True).filter(lambda t: t is not None)
         minutes = trades.tumbling_window(duration_ms=MINUTE_MS, grace_ms=grace_ms, name="minutes_1m",
                                          on_late=self.on_late)
         rules = self.rules
@@ -151,9 +167,12 @@ class StreamFunction:
         (`_apply_window` is how Quix builds current() and final() themselves.)"""
         outputs = self.outputs
 
-        def updates_and_closes(value, key, timestamp_ms, headers, transaction):
-            updated, closed = window.process_window(value=value, key=key, timestamp_ms=timestamp_ms,
+        def updates_and_closes(value, _key, timestamp_ms, headers, transaction):
+            # The window state is keyed by the symbol as a string (what the valid key decodes to), as it was
+            # when keys were read as strings: state written before stays readable.
+            updated, closed = window.process_window(value=value, key=value["symbol"], timestamp_ms=timestamp_ms,
                                                     headers=headers, transaction=transaction)
+            outputs.trade(value, timestamp_ms)  # counted in its window (or logged as late): it is valid
             for key, w in updated:
                 outputs.candle(key, w)
                 for rule, amount, threshold in w["value"]["new"]:
@@ -165,17 +184,32 @@ class StreamFunction:
 
     # ---- steps ---------------------------------------------------------------------------------
 
-    def parse(self, raw: bytes) -> dict | None:
+    def parse(self, raw: bytes | None, key: bytes | None, _timestamp, _headers) -> dict | None:
+        """The trade, checked against the validation contract; None (and a dead letter) for a bad record."""
         self.count("trades_in")
         try:
-            return parse_trade(raw)
-        except BadRecord as err:
-            self.count("bad_records")
-            log.warning("bad record to %s: %s", self.s.dlq_topic("stream"), err)
-            self.dlq.produce(self.s.dlq_topic("stream"), value=raw, headers=dlq_headers(
-                "stream", str(err), topic=self.s.aggtrades_topic))
-            self.dlq.poll(0)
+            trade = parse_trade(key, raw)
+        except schemas.Invalid as err:
+            ctx = message_context()
+            self.dead_letter(raw, key, str(err), ctx.topic, ctx.partition, ctx.offset, "bad_records")
             return None
+        trade["raw"], trade["key"] = raw, key
+        return trade
+
+    def on_error(self, exc: Exception, row, _logger) -> bool:
+        """Quix's processing-error callback: a record whose handling raised goes to the dead-letter topic,
+        as received, and processing goes on (True); errors of the machinery itself stop the function."""
+        if row is None or (isinstance(exc, NOT_THE_RECORDS_FAULT) and not isinstance(exc, StateSerializationError)):
+            return False
+        log.exception("internal error handling %s[%s]@%s", row.topic, row.partition, row.offset)
+        self.dead_letter(row.value, row.key, f"internal error: {exc!r:.500}", row.topic, row.partition, row.offset,
+                         "internal_errors")
+        return True
+
+    def dead_letter(self, raw, key, reason: str, topic: str, partition: int, offset: int, counter: str) -> None:
+        self.count(counter)
+        log.warning("bad record %s[%d]@%d to %s: %s", topic, partition, offset, self.dlq.topic, reason)
+        self.dlq.send(raw, key, reason, topic=topic, partition=partition, offset=offset)
 
     def on_late(self, value, key, timestamp_ms, late_by_ms, start, end, store_name, topic, partition, offset) -> bool:
         self.count("late_trades")
@@ -197,13 +231,12 @@ class StreamFunction:
         log.info("counters: %s", dict(self.counters))
 
     def run(self) -> None:
-        log.info("reading %s as group %s (%s), writing %s, %s, %s", self.s.aggtrades_topic,
-                 self.s.stream_consumer_group, self.s.stream_processing_guarantee, self.s.candles_topic,
-                 self.s.stats_topic, self.s.alerts_topic)
+        log.info("reading %s as group %s (%s), writing %s, %s, %s, %s; dead letters to %s", self.s.aggtrades_topic,
+                 self.s.stream_consumer_group, self.s.stream_processing_guarantee, self.s.trades_topic,
+                 self.s.candles_topic, self.s.stats_topic, self.s.alerts_topic, self.dlq.topic)
         try:
             self.app.run()
         finally:
-            self.dlq.flush(30)
             self.report()
 
 

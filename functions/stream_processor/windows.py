@@ -7,47 +7,20 @@ lands in the right place.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+
+from cryptopipe.schemas import check_trade
 
 ZERO = Decimal(0)
 
 
-class BadRecord(ValueError):
-    pass
-
-
-_DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads with options builds one per call
-
-
-def parse_trade(raw: bytes) -> dict:
-    """A trade record from the source, checked; BadRecord names what is wrong. Price and quantity stay
-    Decimals, with the digits the source wrote."""
-    try:
-        trade = _DECODER.decode(raw.decode())
-    except (ValueError, TypeError, AttributeError) as err:  # AttributeError: no value at all
-        raise BadRecord(f"not JSON: {err}") from None
-    if not isinstance(trade, dict):
-        raise BadRecord("not a JSON object")
-    try:
-        symbol, agg_id, price, qty, trade_time = (trade["symbol"], trade["agg_id"], trade["price"], trade["qty"],
-                                                  trade["trade_time"])
-    except KeyError:
-        missing = [k for k in ("symbol", "agg_id", "price", "qty", "trade_time") if k not in trade]
-        raise BadRecord(f"missing field(s) {', '.join(missing)}") from None
-    if type(price) is not Decimal or type(qty) is not Decimal:
-        try:
-            price, qty = Decimal(price), Decimal(qty)
-        except (InvalidOperation, TypeError, ValueError):
-            raise BadRecord(f"price {price!r} or qty {qty!r} is not a number") from None
-    if not price.is_finite() or price <= 0:
-        raise BadRecord(f"price {price} is not positive")
-    if not qty.is_finite() or qty < 0:
-        raise BadRecord(f"quantity {qty} is negative")
-    if type(agg_id) is not int or type(trade_time) is not int:
-        raise BadRecord("agg_id and trade_time must be integers")
-    return {"symbol": str(symbol), "id": agg_id, "p": price, "q": qty}
+def parse_trade(key: bytes | None, raw: bytes | None) -> dict:
+    """A trade record checked against the validation contract (`schemas.check_trade`: raises
+    `schemas.Invalid` naming what is wrong), in the shape the windows use. Price and quantity stay Decimals,
+    with the digits the source wrote."""
+    t = check_trade(key, raw)
+    return {"symbol": t["symbol"], "id": t["agg_id"], "p": t["price"], "q": t["qty"]}
 
 
 # ---- 1-minute aggregates -----------------------------------------------------------------------------
