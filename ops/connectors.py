@@ -5,7 +5,8 @@
 Each file is exactly the body of `PUT /connectors/{file name}/config` (idempotent: 201 created, 200
 updated). It waits until every connector and task is RUNNING, printing the failed task's trace on a timeout,
 retries 409s while the workers rebalance, and ends with a table. `--restart-failed` first restarts failed
-connectors and tasks (after PostgreSQL was down, for example). Exit 1 on any failure.
+connectors and tasks at once (the Connect watchdog, ops/connect_watchdog.py, does it by itself with backoff).
+Exit 1 on any failure.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ def deploy(base: str, restart: bool = False, timeout: float = 90.0, console: Con
         if st["connector"].get("trace"):
             console.print(f"[red]{name}:[/red]\n{st['connector']['trace']}")
     if failed:
-        console.print(f"[red]error: not RUNNING after {timeout:.0f} s: {', '.join(failed)}. After fixing the cause "
-                      "(often PostgreSQL down), run: make deploy-connectors ARGS=--restart-failed[/red]")
+        console.print(f"[red]error: not RUNNING after {timeout:.0f} s: {', '.join(failed)}. Fix the cause above; the "
+                      "Connect watchdog then restarts it (logs/connect-watchdog.log), or at once: "
+                      "make deploy-connectors ARGS=--restart-failed[/red]")
         return 1
     return 0
 

@@ -26,13 +26,13 @@ from .helpers import TAPES, Process, kill_running, plain_candles, read_topic, re
 SHORT = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
 
 
-def run_deploy(settings, restart: bool = False) -> tuple[int, str]:
+def run_deploy(settings) -> tuple[int, str]:
     from io import StringIO
 
     from rich.console import Console
 
     out = StringIO()
-    code = connectors.deploy(settings.connect_url, restart=restart, timeout=90, console=Console(file=out, width=200))
+    code = connectors.deploy(settings.connect_url, timeout=90, console=Console(file=out, width=200))
     return code, out.getvalue()
 
 
@@ -58,7 +58,8 @@ def test_a_poison_record_lands_in_the_dead_letter_topic(stack, settings):
     assert run_deploy(settings)[0] == 0
     marker = f"poison-{random.getrandbits(40)}"
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    producer.produce("binance.aggtrades", key=b"POISON", value=f'{{"{marker}": oops'.encode())
+    # jdbc-trades reads the stream function's validated trades: a poison record there is its converter's to catch.
+    producer.produce("crypto.trades", key=b"POISON", value=f'{{"{marker}": oops'.encode())
     producer.flush(10)
 
     def landed():
@@ -66,7 +67,7 @@ def test_a_poison_record_lands_in_the_dead_letter_topic(stack, settings):
 
     [dead] = wait_for(landed, 60, "the poison record in crypto.dlq.jdbc-trades")
     headers = dict(dead.headers())
-    assert headers["__connect.errors.topic"] == b"binance.aggtrades"
+    assert headers["__connect.errors.topic"] == b"crypto.trades"
     assert headers["__connect.errors.connector.name"] == b"jdbc-trades"
     assert b"DataException" in headers["__connect.errors.exception.class.name"]
     status = requests.get(f"{settings.connect_url}/connectors/jdbc-trades/status", timeout=5).json()
@@ -143,14 +144,14 @@ def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings,
     restart_service(stack, "postgres", 60)  # PostgreSQL down for a minute mid-stream
     restart_service(stack, "redis", 30)  # then Redis for half a minute
     kill_connect_and_restart(stack)  # then Kafka Connect dies hard
-    # The documented recovery after a database outage: restart whatever failed.
-    code, out = run_deploy(settings, restart=True)
-    assert code == 0, out
+    # No human step: the sinks ride out the outage and the watchdog restarts whatever still failed.
 
     owner = psycopg2.connect(**settings.pg_params("owner"))
     owner.autocommit = True
     wait_for(lambda: rows("SELECT count(*) FROM trades WHERE symbol LIKE %s", *tags)[0][0] >= total, 300,
              f"{total} trade rows", 1)
+    wait_for(lambda: all(connectors.is_running(connectors.status(settings.connect_url, name))
+                         for name in connectors.load_configs()), 120, "every connector and task RUNNING by itself")
     assert source.stop() == 0
 
     for symbol, trades in world["expected"].items():
