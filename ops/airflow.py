@@ -2,8 +2,9 @@
 
 `make up` creates the `airflow` role and database in the stack's PostgreSQL, runs `airflow db migrate` when the
 schema is not the installed Airflow's, then starts the api-server (UI and REST API on AIRFLOW_HOST:AIRFLOW_PORT,
-behind a login), the scheduler (LocalExecutor), the dag-processor and the triggerer. State lives in var/airflow,
-process logs in logs/airflow-*.log, task logs in logs/airflow/.
+behind a login), the scheduler (LocalExecutor), the dag-processor and the triggerer, each under ops.supervise
+(they exit when their metadata database goes away). State lives in var/airflow, process logs in
+logs/airflow-*.log, task logs in logs/airflow/.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import requests
 from psycopg2 import sql
 
 from cryptopipe.settings import ROOT, Settings
-from ops import supervise
 from ops.airflow_env import airflow_connections
 from ops.db import admin_connect
 from ops.process import StackError
@@ -233,7 +233,7 @@ class AirflowApi(Service):
         if migrate(self.s, self.log_file):
             print("  airflow    metadata database migrated")
         write_passwords(self.s)
-        self.spawn(supervise.command([AIRFLOW_BIN, "api-server"]), env=environment(self.s))
+        self.spawn([AIRFLOW_BIN, "api-server"], env=environment(self.s))
 
     def ready(self) -> bool:
         return health(self.s)["metadatabase"]["status"] == "healthy"
@@ -259,7 +259,7 @@ class AirflowComponent(Service):
             # Its log server binds every interface and is not needed: all processes share logs/airflow.
             argv.append("--skip-serve-logs")
         self.started_at = datetime.now(timezone.utc)
-        self.spawn(supervise.command(argv), env=environment(self.s))
+        self.spawn(argv, env=environment(self.s))
 
     def ready(self) -> bool:
         # Right after a start, only a heartbeat from after it counts: one from a crashed predecessor can

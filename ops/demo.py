@@ -24,7 +24,7 @@ from rich.table import Table
 
 from cryptopipe.run import read_status
 from cryptopipe.settings import ROOT, Settings, load_settings
-from ops import connectors, functions_ctl, ksql_deploy
+from ops import connectors, functions_ctl, ksql_deploy, supervise
 from ops.airflow import AirflowClient
 from ops.kafka_admin import consumer_lag
 from ops.process import port_open
@@ -124,9 +124,14 @@ def run_dags(settings: Settings, symbols: list[str], console: Console) -> dict[s
 
 
 def check_alive(settings: Settings, names) -> None:
+    """Each function runs; a crash is restarted by its supervisor, a crash loop ends the demo."""
     for name in names:
         if functions_ctl.running_pid(settings, name) is None:
             raise RuntimeError(f"{name} is not running; see logs/{name}.log")
+        status = functions_ctl.supervisor_status(settings, name)
+        if supervise.crash_looping(status):
+            raise RuntimeError(f"{name} keeps crashing ({status['restarts']} restarts, last: {status['last_exit']}); "
+                               f"see logs/{name}.log and logs/{name}.out")
 
 
 def follow(settings: Settings, tapes, symbols, total: int, alive, console: Console) -> bool:

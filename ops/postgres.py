@@ -20,6 +20,8 @@ from ops.services import CONFIG_DIR, Service
 
 class Postgres(Service):
     name, port_var, marker = "postgres", "PG_PORT", "postgres"
+    # pg_ctl starts it as a daemon, not under ops.supervise; its postmaster restarts crashed backends.
+    supervised = False
 
     @property
     def port(self) -> int:

@@ -19,6 +19,7 @@ import requests
 from confluent_kafka.admin import AdminClient
 
 from cryptopipe.settings import ROOT, Settings
+from ops import supervise
 from ops.process import StackError, pid_from_file, port_open, rotate_at_start, spawn, terminate
 
 CONFIG_DIR = ROOT / "stack" / "config"
@@ -35,6 +36,9 @@ class Service:
     marker = ""  # a string in the process's command line, so a recycled pid is never taken for ours
     # Independent of the services after it: start those without waiting, check this one at the end.
     wait_later = False
+    # spawn() runs it under ops.supervise, which restarts it with backoff whenever it exits; the pid file
+    # then holds the supervisor's pid, and its command line the service's, marker included.
+    supervised = True
 
     def __init__(self, settings: Settings):
         self.s = settings
@@ -81,10 +85,19 @@ class Service:
         if pid is not None:
             terminate(pid, lambda: self.pid() is not None, timeout=60)
 
+    def supervisor_status(self) -> dict | None:
+        """The running supervisor's state (restarts, last exit; see ops.supervise), None when unsupervised."""
+        status = supervise.read(self.s, self.name) if self.supervised else None
+        pid = self.pid() if status else None
+        return status if pid is not None and status.get("supervisor_pid") == pid else None
+
     def spawn(self, argv: list[str], env: dict[str, str] | None = None, stdout: Path | None = None) -> None:
-        """Start the process; its stdout goes to its log (rotated at each start when large), or to `stdout`."""
+        """Start the process under its supervisor; the output of both goes to its log (rotated at each start
+        when large), or to `stdout`."""
         out = stdout or self.log_file
         rotate_at_start(out, self.s.log_max_bytes, self.s.log_backups)
+        if self.supervised and not supervise.is_supervised(argv):
+            argv = supervise.command(argv, self.name, self.s.var_dir)
         spawn(argv, out, self.pid_file, env)
 
 
