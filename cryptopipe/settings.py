@@ -8,20 +8,27 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cryptopipe import topics
+from cryptopipe import schemas, topics
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Checked at load, so a value that makes no sense stops the process at start naming the variable.
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]  # a wait, timeout or interval: zero or less makes no sense
+Heap = Annotated[str, Field(pattern=r"^[1-9][0-9]*[kKmMgG]?$")]  # a JVM -Xmx value
 
 
 class Settings(BaseSettings):
     """Configuration of the native stack and the functions; each field is the upper-case env var."""
 
-    model_config = SettingsConfigDict(env_file=ROOT / ".env", env_file_encoding="utf-8", extra="ignore")
+    # No float setting may be nan or inf.
+    model_config = SettingsConfigDict(env_file=ROOT / ".env", env_file_encoding="utf-8", extra="ignore",
+                                      allow_inf_nan=False)
 
     # Where the native stack keeps its state and logs (both gitignored).
     var_dir: Path = ROOT / "var"
@@ -29,19 +36,24 @@ class Settings(BaseSettings):
 
     # Kafka (KRaft, one node) and Kafka Connect.
     kafka_host: str = "127.0.0.1"
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    kafka_heap: str = "768m"
+    kafka_port: Port = 9092
+    kafka_controller_port: Port = 9093
+    kafka_heap: Heap = "768m"
     connect_host: str = "127.0.0.1"
-    connect_port: int = 8083
-    connect_heap: str = "1g"
+    connect_port: Port = 8083
+    connect_heap: Heap = "1g"
     java: str = "java"
+    # The Connect watchdog (ops/connect_watchdog.py): how often it reads the connectors' states, and the
+    # backoff between restarts of one connector that keeps failing (first delay on average, longest delay).
+    watchdog_interval_s: float = Field(default=5.0, gt=0, le=300)
+    watchdog_backoff_s: float = Field(default=5.0, gt=0, le=3600)
+    watchdog_backoff_max_s: float = Field(default=300.0, gt=0, le=86400)
 
     # PostgreSQL: the owner role owns the schema; the writer is what the sinks use; the reader is for reports.
     # The role names are fixed (db/roles.sql creates them); their passwords are settings.
     PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "reader": "crypto_reader"}
     pg_host: str = "127.0.0.1"
-    pg_port: int = 5432
+    pg_port: Port = 5432
     pg_database: str = "crypto"
     pg_owner_password: SecretStr = SecretStr("crypto")
     pg_writer_password: SecretStr
@@ -53,17 +65,18 @@ class Settings(BaseSettings):
 
     # Redis.
     redis_host: str = "127.0.0.1"
-    redis_port: int = 6379
+    redis_port: Port = 6379
 
     # Topics every function reads and writes; other values only to keep test runs apart.
     aggtrades_topic: str = topics.AGGTRADES
+    trades_topic: str = topics.TRADES
     candles_topic: str = topics.CANDLES_1M
     stats_topic: str = topics.STATS_5M
     alerts_topic: str = topics.ALERTS
     dlq_topic_prefix: str = topics.DLQ_PREFIX
 
     # Binance source (functions/binance_source). Symbols: comma-separated.
-    binance_base_url: str = "https://api.binance.com"
+    binance_base_url: str = Field(default="https://api.binance.com", pattern=r"^https?://\S+$")
     binance_symbols: str = "BTCUSDT,ETHUSDT"
     binance_weight_limit: int = Field(default=6000, gt=0)
     binance_weight_share: float = Field(default=0.8, gt=0, le=1)
@@ -71,31 +84,31 @@ class Settings(BaseSettings):
     binance_page_limit: int = Field(default=1000, ge=1, le=1000)
     # Where a symbol with no history in Kafka starts: empty = now; else epoch ms or ISO-8601 time.
     binance_start_time: str = ""
-    binance_connect_timeout_s: float = 3.05
-    binance_read_timeout_s: float = 10.0
-    source_min_poll_interval_s: float = 0.1
-    source_max_poll_interval_s: float = 5.0
-    source_status_interval_s: float = 5.0
+    binance_connect_timeout_s: Seconds = 3.05
+    binance_read_timeout_s: Seconds = 10.0
+    source_min_poll_interval_s: float = Field(default=0.1, ge=0)
+    source_max_poll_interval_s: Seconds = 5.0
+    source_status_interval_s: Seconds = 5.0
 
     # Stream function (functions/stream_processor): the native twin of ksql/.
     stream_consumer_group: str = "crypto-stream"
     stream_grace_s: int = Field(default=10, ge=0)
     stream_processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
-    stream_commit_interval_s: float = 1.0
+    stream_commit_interval_s: Seconds = 1.0
     # Unique per replica of the stream function (for more than one, give each its own).
     stream_instance_id: str = "0"
     # Alert rules: price move (high - low, % of open) in a 1-minute window; 1-minute quote volume.
     # Per-symbol overrides as SYMBOL:value,SYMBOL:value.
-    alert_move_pct: float = 1.0
+    alert_move_pct: float = Field(default=1.0, gt=0)
     alert_move_pct_symbols: str = ""
-    alert_quote_volume: float = 5_000_000.0
+    alert_quote_volume: float = Field(default=5_000_000.0, gt=0)
     alert_quote_volume_symbols: str = ""
 
     # Redis sink function (functions/redis_sink).
     redis_sink_group: str = "crypto-redis-sink"
     redis_batch_size: int = Field(default=2000, ge=1)
     redis_history_length: int = Field(default=100, ge=1)
-    redis_stale_after_s: float = 60.0
+    redis_stale_after_s: Seconds = 60.0
 
     # Alert notification function (functions/alert_notifier): crypto.alerts -> a Slack-compatible webhook
     # and the log. An empty webhook URL means the log only.
@@ -103,7 +116,7 @@ class Settings(BaseSettings):
     # Static group membership: a restarted notifier takes its partition back at once instead of waiting
     # out the session timeout of its dead predecessor. Give each replica its own.
     alert_notifier_instance_id: str = "0"
-    alert_webhook_url: str = ""
+    alert_webhook_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
     # One alert per symbol and rule within this many seconds of event time; 0 = no cooldown.
     alert_cooldown_s: float = Field(default=300.0, ge=0)
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
@@ -121,19 +134,19 @@ class Settings(BaseSettings):
     alert_redis_prefix: str = "alert:"
 
     # Replay server (replay/): a local Binance on recorded tapes.
-    replay_port: int = 8900
+    replay_port: Port = 8900
     replay_tape_dir: Path = ROOT / "data" / "binance"
-    replay_speed: float = 0.0
+    replay_speed: float = Field(default=0.0, ge=0)
     replay_shift_minutes: int = 0
-    replay_weight_limit: int = 6000
+    replay_weight_limit: int = Field(default=6000, gt=0)
 
     # make demo: how long to wait for the pipeline to catch up with the tape.
-    demo_timeout_s: float = 600.0
+    demo_timeout_s: Seconds = 600.0
 
     # Airflow (api-server, scheduler, dag-processor, triggerer): metadata in the `airflow` database of the same
     # PostgreSQL, UI and REST API on airflow_host:airflow_port behind a login (user airflow_admin_user).
     airflow_host: str = "127.0.0.1"
-    airflow_port: int = 8080
+    airflow_port: Port = 8080
     airflow_admin_user: str = "admin"
     airflow_admin_password: SecretStr
     airflow_db_password: SecretStr
@@ -146,8 +159,8 @@ class Settings(BaseSettings):
 
     # Servers that only the docker-compose twin runs: ksqlDB, Kafka UI.
     ksqldb_host: str = "127.0.0.1"
-    ksqldb_port: int = 8088
-    kafka_ui_port: int = 9000
+    ksqldb_port: Port = 8088
+    kafka_ui_port: Port = 9000
 
     # Function logs: level, `text` or `json` lines, and rotation of logs/<function>.log (bytes, files kept).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -157,6 +170,28 @@ class Settings(BaseSettings):
 
     # Readiness waits, seconds.
     start_timeout_s: float = Field(default=90.0, gt=0)
+
+    @field_validator("binance_symbols")
+    @classmethod
+    def _symbols_valid(cls, value: str) -> str:
+        symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+        bad = [s for s in symbols if not schemas.SYMBOL.match(s)]
+        if not symbols or bad:
+            raise ValueError(f"expected comma-separated symbols matching {schemas.SYMBOL.pattern}, got {value!r}")
+        return value
+
+    @field_validator("alert_move_pct_symbols", "alert_quote_volume_symbols")
+    @classmethod
+    def _thresholds_valid(cls, value: str) -> str:
+        parse_thresholds(value)
+        return value
+
+    @field_validator("source_max_poll_interval_s")
+    @classmethod
+    def _max_poll_not_below_min(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("source_min_poll_interval_s", 0):
+            raise ValueError("must not be below SOURCE_MIN_POLL_INTERVAL_S")
+        return value
 
     @property
     def symbols(self) -> list[str]:
@@ -198,15 +233,26 @@ class Settings(BaseSettings):
         }
 
     def jdbc_url(self) -> str:
-        return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        """The JDBC sinks' database URL. reWriteBatchedInserts: pgjdbc sends a batch as multi-row INSERTs."""
+        return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{self.pg_database}?reWriteBatchedInserts=true"
 
 
 def parse_thresholds(text: str) -> dict[str, Decimal]:
-    """ALERT_*_SYMBOLS: 'BTCUSDT:0.5,XRPETH:1' -> {symbol: threshold}."""
+    """ALERT_*_SYMBOLS: 'BTCUSDT:0.5,XRPETH:1' -> {symbol: threshold}. ValueError naming the first entry that
+    is not SYMBOL:value with a symbol matching schemas.SYMBOL and a finite value above 0."""
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        symbol, _, value = part.partition(":")
-        out[symbol.strip().upper()] = Decimal(value)
+        symbol, colon, value = part.partition(":")
+        symbol = symbol.strip().upper()
+        try:
+            threshold = Decimal(value.strip())
+        except ArithmeticError:  # decimal.InvalidOperation: not a number
+            threshold = Decimal("NaN")
+        if not colon or not schemas.SYMBOL.match(symbol):
+            raise ValueError(f"{part!r} is not SYMBOL:value with a symbol matching {schemas.SYMBOL.pattern}")
+        if not threshold.is_finite() or threshold <= 0:
+            raise ValueError(f"{part!r}: the threshold must be a finite number above 0")
+        out[symbol] = threshold
     return out
 
 
@@ -216,15 +262,20 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
 def load_settings() -> Settings:
     """get_settings() for a command line: a missing or invalid variable ends the process with one clear line."""
     try:
         return get_settings()
     except ValidationError as err:
+        errors = err.errors()
         problems = "; ".join(
-            f"{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].lower()}" for e in err.errors()
+            f"{'_'.join(str(p) for p in e['loc']).upper()}: {lower_first(e['msg'].removeprefix('Value error, '))}"
+            for e in errors
         )
-        raise SystemExit(
-            f"error: configuration: {problems}. Run `make setup` (it writes .env with generated secrets) "
-            "or set the variable in .env."
-        ) from None
+        fix = ("Run `make setup` (it writes .env with generated secrets) or set the variable in .env."
+               if any(e["type"] == "missing" for e in errors) else "Set a valid value in .env or the environment.")
+        raise SystemExit(f"error: configuration: {problems}. {fix}") from None

@@ -1,4 +1,5 @@
-"""The native stack without Docker: PostgreSQL, Redis, Kafka (KRaft), Kafka Connect and Airflow as local processes.
+"""The native stack without Docker: PostgreSQL, Redis, Kafka (KRaft), Kafka Connect (and its watchdog) and Airflow as
+local processes.
 
     python -m ops.stack up        start in dependency order, each checked ready before the next, then prepare
     python -m ops.stack down      stop exactly what `up` started (pid files in var/run)
@@ -17,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from cryptopipe import topics
 from cryptopipe.settings import Settings, load_settings
 from ops import airflow, db
+from ops.connect_watchdog import ConnectWatchdog
 from ops.kafka_admin import ensure_topics
 from ops.postgres import Postgres
 from ops.process import StackError, port_open, process_exists, wait_until
@@ -29,7 +31,7 @@ class NativeStack:
     def __init__(self, settings: Settings):
         self.s = settings
         self.services: list[Service] = [Postgres(settings), Redis(settings), Kafka(settings), Connect(settings),
-                                        *airflow.services(settings)]
+                                        ConnectWatchdog(settings), *airflow.services(settings)]
 
     def service(self, name: str) -> Service:
         return next(svc for svc in self.services if svc.name == name)

@@ -20,19 +20,46 @@ from rich.table import Table
 from cryptopipe import topics
 from cryptopipe.run import read_status
 from cryptopipe.settings import load_settings
-from ops import functions_ctl
+from ops import functions_ctl, supervise
 from ops.airflow import AirflowClient
 from ops.connectors import load_configs
 from ops.db import table_counts
-from ops.kafka_admin import consumer_lag
+from ops.kafka_admin import LagProbe
 from ops.process import StackError, tree_rss_mb
 from ops.stack import NativeStack
 
 
+RECENT_EXIT_S = 600  # a supervised process that exited within this shows yellow
+
+
+def ago(epoch_ms: int) -> str:
+    seconds = time.time() - epoch_ms / 1000
+    return f"{seconds:,.0f} s ago" if seconds < 120 else f"{seconds / 60:,.0f} min ago"
+
+
+def restart_cells(status: dict | None) -> tuple[str, str]:
+    """Restarts and last exit from a supervisor's state: red in a crash loop, yellow after a recent exit."""
+    if status is None:
+        return "-", "-"
+    last = f"{status['last_exit']}, {ago(status['last_exit_at'])}" if status.get("last_exit") else "-"
+    if supervise.crash_looping(status):
+        colour = "red"
+    elif status.get("last_exit_at") and time.time() - status["last_exit_at"] / 1000 < RECENT_EXIT_S:
+        colour = "yellow"
+    else:
+        return str(status["restarts"]), last
+    return f"[{colour}]{status['restarts']}[/{colour}]", f"[{colour}]{last}[/{colour}]"
+
+
+def restarts_and_last_exit(status: dict | None) -> str:
+    restarts, last = restart_cells(status)
+    return restarts if last == "-" else f"{restarts} (last: {last})"
+
+
 def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
     """The services table, and the names of the services that answered."""
-    table = Table(title="Services", title_justify="left")
-    for col in ("service", "state", "pid", "memory", "address", "log"):
+    table = Table(title="Services (restarts: by its supervisor)", title_justify="left")
+    for col in ("service", "state", "pid", "memory", "restarts", "address", "log"):
         table.add_column(col, justify="right" if col == "memory" else "left", no_wrap=col != "log")
     up_names, total_mb = set(), 0.0
     for svc in stack.services:
@@ -47,10 +74,11 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
             "[green]up[/green]" if up else "[red]down[/red]",
             str(pid or "-"),
             f"{rss:,.0f} MiB" if pid else "-",
+            restarts_and_last_exit(svc.supervisor_status()),
             svc.address,
             os.path.relpath(svc.log_file),
         )
-    table.add_row("[bold]total[/bold]", "", "", f"{total_mb:,.0f} MiB", "", "")
+    table.add_row("[bold]total[/bold]", "", "", f"{total_mb:,.0f} MiB", "", "", "")
     return table, up_names
 
 
@@ -99,13 +127,17 @@ def lag_table(stack: NativeStack) -> Table:
     table = Table(title="Consumer lag", title_justify="left")
     for col in ("group", "reader", "topic", "lag"):
         table.add_column(col, justify="right" if col == "lag" else "left")
-    for group, reader in consumer_groups(stack).items():
-        lag = consumer_lag(stack.s.kafka_bootstrap, group)
-        if lag is None:
-            table.add_row(group, reader, "-", "[yellow]no commits yet[/yellow]")
-            continue
-        for topic, n in sorted(lag.items()):
-            table.add_row(group, reader, topic, f"[{'green' if n == 0 else 'yellow'}]{n:,}[/]")
+    probe = LagProbe(stack.s.kafka_bootstrap)
+    try:
+        for group, reader in consumer_groups(stack).items():
+            lag = probe.lag(group)
+            if lag is None:
+                table.add_row(group, reader, "-", "[yellow]no commits yet[/yellow]")
+                continue
+            for topic, n in sorted(lag.items()):
+                table.add_row(group, reader, topic, f"[{'green' if n == 0 else 'yellow'}]{n:,}[/]")
+    finally:
+        probe.close()
     return table
 
 
@@ -149,16 +181,21 @@ def connect_tables(stack: NativeStack) -> list[Table]:
     plugins.add_column("version")
     for p in requests.get(f"{base}/connector-plugins", timeout=5).json():
         plugins.add_row(p["class"], p["type"], p.get("version", ""))
-    connectors = Table(title="Connectors", title_justify="left")
-    for col in ("connector", "state", "tasks"):
-        connectors.add_column(col)
+    connectors = Table(title="Connectors (restarts: by the connect watchdog)", title_justify="left")
+    for col in ("connector", "state", "tasks", "restarts", "last failure"):
+        connectors.add_column(col, justify="right" if col == "restarts" else "left")
+    watched = (read_status(stack.s, "connect-watchdog") or {}).get("connectors", {})
     statuses = requests.get(f"{base}/connectors", params={"expand": "status"}, timeout=5).json()
     for name, info in sorted(statuses.items()):
         st = info["status"]
         tasks = Counter(t["state"] for t in st.get("tasks", []))
-        connectors.add_row(name, st["connector"]["state"], ", ".join(f"{n} {s}" for s, n in tasks.items()) or "none")
+        watch = watched.get(name, {})
+        reason = watch.get("last_cause") or watch.get("last_failure")  # the root cause says more than line one
+        failure = f"{reason[:90]}, {ago(watch['last_failure_at'])}" if reason else "-"
+        connectors.add_row(name, st["connector"]["state"], ", ".join(f"{n} {s}" for s, n in tasks.items()) or "none",
+                           str(watch.get("restarts", "-")), failure)
     if not statuses:
-        connectors.add_row("(none deployed)", "", "")
+        connectors.add_row("(none deployed)", "", "", "", "")
     return [plugins, connectors]
 
 
@@ -204,12 +241,20 @@ def source_table(stack: NativeStack) -> Table | None:
 
 
 def function_table(stack: NativeStack) -> Table:
+    """Each function's state under its supervisor (pid: the function's own), restarts and last exit."""
     table = Table(title="Functions", title_justify="left")
-    for col in ("function", "state", "pid", "log"):
+    for col in ("function", "state", "pid", "restarts", "last exit", "log"):
         table.add_column(col)
     for name in functions_ctl.MODULES:
         pid = functions_ctl.running_pid(stack.s, name)
-        table.add_row(name, "[green]running[/green]" if pid else "stopped", str(pid or "-"), f"logs/{name}.log")
+        status = functions_ctl.supervisor_status(stack.s, name)
+        state = "[green]running[/green]" if pid else "stopped"
+        if supervise.crash_looping(status):
+            state = "[red]crash loop[/red]"
+        elif status and status["state"] != "running":
+            state = "[yellow]restarting[/yellow]"
+        shown_pid = status.get("pid") if status else pid
+        table.add_row(name, state, str(shown_pid or "-"), *restart_cells(status), f"logs/{name}.log")
     return table
 
 
