@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink alert-notifier deploy-ksql deploy-connectors compose-up compose-down start
+.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink alert-notifier deploy-ksql deploy-connectors compose-up compose-down start chaos
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: up ## set up, start the stack and run every test against it
 
 bench: up ## measure throughput and latency against bare baselines; writes bench-results.json
 	@$(PY) -m bench 2>>logs/bench.log
+
+chaos: up ## faults against the running pipeline (kills, outages, bad records), then every invariant; writes chaos-results.json (ARGS="--seed N --minutes M")
+	@$(PY) -m chaos $(ARGS) 2>>logs/chaos.log
 
 source: ## run the Binance source in the foreground (BINANCE_BASE_URL, BINANCE_SYMBOLS in .env)
 	@.venv/bin/binance-source

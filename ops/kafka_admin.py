@@ -50,24 +50,30 @@ def ensure_topics(admin: AdminClient, topics: tuple[Topic, ...], timeout: float 
     return done
 
 
-def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
-    """Offsets not yet committed by the group, per topic; None before its first commit unless `topics` names
-    what it reads (a partition it never committed then counts from its first retained offset).
+class LagProbe:
+    """The clients `consumer_lag` needs, opened once for many calls (make status, the chaos run's probe):
+    creating and dropping clients by the dozen while a broker restarts is what librdkafka likes least."""
 
-    End offset minus committed offset counts transaction markers too (the stream function writes in
-    transactions), so a group that has read everything would show a lag of one or two forever: where the
-    gap holds no committed record, the lag is 0."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-    committed = {(tp.topic, tp.partition): tp.offset for tp in future.result(timeout=10).topic_partitions
-                 if tp.offset >= 0}
-    if not committed and not topics:
-        return None
-    # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cryptopipe-lag-probe",
-                         "isolation.level": "read_committed", "enable.partition.eof": True,
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
+    def __init__(self, bootstrap: str):
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cryptopipe-lag-probe",
+                                  "isolation.level": "read_committed", "enable.partition.eof": True,
+                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+
+    def lag(self, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
+        """Offsets not yet committed by the group, per topic; None before its first commit unless `topics`
+        names what it reads (a partition it never committed then counts from its first retained offset).
+
+        End offset minus committed offset counts transaction markers too (the stream function writes in
+        transactions), so a group that has read everything would show a lag of one or two forever: where the
+        gap holds no committed record, the lag is 0."""
+        future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in future.result(timeout=10).topic_partitions
+                     if tp.offset >= 0}
+        if not committed and not topics:
+            return None
+        consumer = self.consumer
         for topic in topics:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
                 if (topic, p) not in committed:
@@ -80,8 +86,18 @@ def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...] = ()) -> di
                 behind = 0
             lag[topic] = lag.get(topic, 0) + behind
         return lag
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
+    """LagProbe.lag for one call."""
+    probe = LagProbe(bootstrap)
+    try:
+        return probe.lag(group, topics)
     finally:
-        consumer.close()
+        probe.close()
 
 
 def only_markers(consumer, start) -> bool:

@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from chaos.tape import candles as plain_candles  # noqa: F401  (1-minute candles the plain way)
 from cryptopipe.settings import ROOT
 
 TAPES = ROOT / "data" / "binance"
@@ -190,19 +190,3 @@ def kill_running(procs) -> None:
     for proc in procs:
         if proc.proc.poll() is None:
             proc.kill9()
-
-
-def plain_candles(trades: list[dict]) -> dict[int, dict]:
-    """1-minute candles the obvious way: group by minute, in id order."""
-    minutes: dict[int, list[dict]] = defaultdict(list)
-    for t in sorted(trades, key=lambda t: t["a"]):
-        minutes[t["T"] // 60_000 * 60_000].append(t)
-    out = {}
-    for start, ts in minutes.items():
-        prices = [Decimal(t["p"]) for t in ts]
-        volume = sum(Decimal(t["q"]) for t in ts)
-        quote = sum(Decimal(t["p"]) * Decimal(t["q"]) for t in ts)
-        out[start] = {"open": prices[0], "high": max(prices), "low": min(prices), "close": prices[-1],
-                      "volume": volume, "quote_volume": quote, "trade_count": len(ts),
-                      "vwap": (quote / volume).quantize(Decimal("1e-8"))}
-    return out

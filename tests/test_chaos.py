@@ -1,0 +1,31 @@
+"""The chaos run, as `make chaos` runs it: faults of every kind, each twice, against the live pipeline, and
+nothing lost, doubled or wrong at the end. The invariants are checked by the run against the tape itself;
+this test holds it to them through the results file it writes. Takes about a quarter of an hour."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from cryptopipe.settings import ROOT
+
+KINDS = {"kill source", "kill stream", "kill redis-sink", "kill alert-notifier", "kill-service kafka",
+         "kill-service connect", "outage postgres", "outage redis", "malformed binance.aggtrades"}
+
+
+def test_the_pipeline_heals_itself_under_chaos(stack):
+    results_file = ROOT / "chaos-results.json"
+    results_file.unlink(missing_ok=True)
+    run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1800)
+    results = json.loads(results_file.read_text())
+    tail = run.stdout[-4000:] + (ROOT / "logs" / "chaos.log").read_text()[-3000:]
+    assert set(results["faults_injected"]) == KINDS, tail
+    assert all(n >= 2 for n in results["faults_injected"].values()), results["faults_injected"]
+    assert results["records_lost"] == 0 and results["duplicates"] == 0, tail
+    assert results["candles_wrong"] == 0 and results["candles_expected"] > 10 * len(results["symbols"]), tail
+    assert results["redis_prices_wrong"] == 0, tail
+    assert results["malformed_sent"] >= 20 and results["dlq_missing"] == 0 and results["dlq_unexpected"] == 0, tail
+    assert results["alerts_delivered"] > 0 and results["alerts_delivered_twice"] == 0, tail
+    assert results["faults_not_recovered"] == 0 and results["recovery_s_max"] is not None, tail
+    assert run.returncode == 0 and results["ok"], tail
