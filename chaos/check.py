@@ -26,7 +26,7 @@ def consumer(settings: Settings) -> Consumer:
 
 
 def dlq_topics(settings: Settings) -> list[str]:
-    return [t.name for t in topics.declared(settings) if t.name.startswith((settings.dlq_topic_prefix, topics.DLQ_PREFIX))]
+    return [t.name for t in topics.declared(settings) if t.dead_letter]
 
 
 def dlq_ends(settings: Settings) -> dict[tuple[str, int], int]:

@@ -10,7 +10,7 @@ import requests
 from cryptopipe.run import read_status
 from cryptopipe.settings import Settings
 from ops import functions_ctl
-from ops.connectors import is_running, load_configs
+from ops.connectors import all_statuses, is_running, load_configs
 from ops.kafka_admin import LagProbe
 from ops.stack import NativeStack
 
@@ -48,11 +48,11 @@ class Probe:
             if not up:
                 return f"{name} down"
         try:
-            statuses = requests.get(f"{self.s.connect_url}/connectors", params={"expand": "status"}, timeout=5).json()
+            statuses = all_statuses(self.s.connect_url, timeout=5)
         except (requests.RequestException, ValueError):
             return "Connect REST not answering"
-        for name, info in statuses.items():
-            if not is_running(info["status"]):
+        for name, st in statuses.items():
+            if not st or not is_running(st):
                 return f"connector {name} not RUNNING"
         for group, topics in self.groups.items():
             try:

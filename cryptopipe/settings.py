@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     @field_validator("binance_symbols")
     @classmethod
     def _symbols_valid(cls, value: str) -> str:
-        symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+        symbols = split_symbols(value)
         bad = [s for s in symbols if not schemas.SYMBOL.match(s)]
         if not symbols or bad:
             raise ValueError(f"expected comma-separated symbols matching {schemas.SYMBOL.pattern}, got {value!r}")
@@ -195,7 +195,7 @@ class Settings(BaseSettings):
 
     @property
     def symbols(self) -> list[str]:
-        return [s.strip().upper() for s in self.binance_symbols.split(",") if s.strip()]
+        return split_symbols(self.binance_symbols)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -235,6 +235,11 @@ class Settings(BaseSettings):
     def jdbc_url(self) -> str:
         """The JDBC sinks' database URL. reWriteBatchedInserts: pgjdbc sends a batch as multi-row INSERTs."""
         return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{self.pg_database}?reWriteBatchedInserts=true"
+
+
+def split_symbols(text: str) -> list[str]:
+    """BINANCE_SYMBOLS: 'btcusdt, ETHUSDT' -> ['BTCUSDT', 'ETHUSDT']."""
+    return [s.strip().upper() for s in text.split(",") if s.strip()]
 
 
 def parse_thresholds(text: str) -> dict[str, Decimal]:

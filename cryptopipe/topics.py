@@ -20,6 +20,7 @@ class Topic:
     retention_ms: int
     cleanup_policy: str = "delete"
     extra: dict[str, str] = field(default_factory=dict)
+    dead_letter: bool = False
 
     def configs(self) -> dict[str, str]:
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy, **self.extra}
@@ -77,6 +78,7 @@ def declared(settings: TopicNames) -> tuple[Topic, ...]:
         Topic(settings.stats_topic, partitions=3, retention_ms=30 * DAY_MS),
         # Keyed by the deterministic alert id: compaction keeps the newest version of each alert.
         Topic(settings.alerts_topic, partitions=1, retention_ms=90 * DAY_MS, cleanup_policy="compact,delete"),
-        *(Topic(settings.dlq_topic(c), partitions=1, retention_ms=30 * DAY_MS) for c in FUNCTION_DLQS),
-        *(Topic(dlq(c), partitions=1, retention_ms=30 * DAY_MS) for c in CONNECTOR_DLQS),
+        *(Topic(settings.dlq_topic(c), partitions=1, retention_ms=30 * DAY_MS, dead_letter=True)
+          for c in FUNCTION_DLQS),
+        *(Topic(dlq(c), partitions=1, retention_ms=30 * DAY_MS, dead_letter=True) for c in CONNECTOR_DLQS),
     )

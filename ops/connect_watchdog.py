@@ -28,6 +28,7 @@ from cryptopipe.logs import LOG_FILE_VAR
 from cryptopipe.retry import backoff
 from cryptopipe.run import read_status, serve, write_status
 from cryptopipe.settings import Settings
+from ops.connectors import all_statuses
 from ops.services import Service
 
 NAME = "connect-watchdog"
@@ -113,9 +114,7 @@ class Watchdog:
     def statuses(self) -> dict | None:
         """Every connector's status, or None while Connect does not answer (logged once per outage)."""
         try:
-            resp = self.http.get(f"{self.s.connect_url}/connectors", params={"expand": "status"}, timeout=10)
-            resp.raise_for_status()
-            statuses = resp.json()
+            statuses = all_statuses(self.s.connect_url, self.http)
         except (requests.RequestException, ValueError) as err:
             if self.connect_error is None:
                 log.warning("Kafka Connect does not answer (%s); waiting for it", err)
@@ -124,7 +123,7 @@ class Watchdog:
         if self.connect_error is not None:
             log.info("Kafka Connect answers again")
             self.connect_error = None
-        return {name: info.get("status") for name, info in statuses.items()}
+        return statuses
 
     def tick(self) -> None:
         statuses = self.statuses()

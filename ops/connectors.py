@@ -61,6 +61,15 @@ def status(base: str, name: str) -> dict:
     return resp.json() if resp.status_code == 200 else {"connector": {"state": f"HTTP {resp.status_code}"}, "tasks": []}
 
 
+def all_statuses(base: str, http=requests, timeout: float = 10) -> dict[str, dict]:
+    """Every connector's status in one call (GET /connectors?expand=status): {name: status}, None for a
+    connector created a moment ago that has none yet. Raises
+    requests.RequestException or ValueError when Connect does not answer properly."""
+    resp = http.get(f"{base}/connectors", params={"expand": "status"}, timeout=timeout)
+    resp.raise_for_status()
+    return {name: info.get("status") for name, info in resp.json().items()}
+
+
 def is_running(st: dict) -> bool:
     return st["connector"]["state"] == "RUNNING" and bool(st["tasks"]) and all(
         t["state"] == "RUNNING" for t in st["tasks"])

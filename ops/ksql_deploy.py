@@ -22,16 +22,12 @@ from ksql.errors import KSQLError
 from cryptopipe.settings import ROOT, Settings, load_settings, parse_thresholds
 
 KSQL_DIR = ROOT / "ksql"
-SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 CREATE = re.compile(r"^CREATE\s+(?:OR\s+REPLACE\s+)?(STREAM|TABLE)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
 
 
 def threshold_case(default: float, overrides: str) -> str:
     """A CASE expression giving each symbol its threshold, with the default for the rest."""
-    by_symbol = parse_thresholds(overrides)
-    for symbol in by_symbol:
-        if not SYMBOL.match(symbol):
-            raise ValueError(f"not a symbol: {symbol!r}")
+    by_symbol = parse_thresholds(overrides)  # refuses anything but SYMBOL:number, so nothing else reaches SQL
     default_text = f"{Decimal(str(default)):f}"
     if not by_symbol:
         return default_text

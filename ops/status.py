@@ -22,7 +22,7 @@ from cryptopipe.run import read_status
 from cryptopipe.settings import load_settings
 from ops import functions_ctl, supervise
 from ops.airflow import AirflowClient
-from ops.connectors import load_configs
+from ops.connectors import all_statuses, load_configs
 from ops.db import table_counts
 from ops.kafka_admin import LagProbe
 from ops.process import StackError, tree_rss_mb
@@ -101,7 +101,7 @@ def topic_table(stack: NativeStack) -> Table:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=5)
                 records += high - low
             shown = f"{records:,}"
-            if topic.name.startswith((stack.s.dlq_topic_prefix, topics.DLQ_PREFIX)) and records:
+            if topic.dead_letter and records:
                 shown = f"[red]{records:,}[/red]"
             table.add_row(topic.name, str(len(parts)), shown)
     finally:
@@ -185,9 +185,8 @@ def connect_tables(stack: NativeStack) -> list[Table]:
     for col in ("connector", "state", "tasks", "restarts", "last failure"):
         connectors.add_column(col, justify="right" if col == "restarts" else "left")
     watched = (read_status(stack.s, "connect-watchdog") or {}).get("connectors", {})
-    statuses = requests.get(f"{base}/connectors", params={"expand": "status"}, timeout=5).json()
-    for name, info in sorted(statuses.items()):
-        st = info["status"]
+    statuses = all_statuses(base, timeout=5)
+    for name, st in sorted(statuses.items()):
         tasks = Counter(t["state"] for t in st.get("tasks", []))
         watch = watched.get(name, {})
         reason = watch.get("last_cause") or watch.get("last_failure")  # the root cause says more than line one
