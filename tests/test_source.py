@@ -9,8 +9,10 @@ import shutil
 
 import pytest
 import requests
+from confluent_kafka import Producer
 
-from functions.binance_source.resume import partition_for
+from chaos.malformed import records, trade
+from functions.binance_source.resume import newest_agg_ids, partition_for
 from replay.server import Replay, start_in_thread
 from replay.tape import load_tapes
 
@@ -188,3 +190,20 @@ def test_bad_answers_never_stop_it_and_the_stream_ends_complete(settings, stack,
     assert any("field a is '" in r for r in reasons)
     assert any(r == "non-JSON body" for r in reasons) and any("not a JSON list" in r for r in reasons)
     assert all(m.key() in (b"BTCUSDT", b"ETHUSDT") for m in dead)
+
+
+def test_resume_skips_records_that_break_the_contract(settings, stack, unique):
+    """A malformed record someone else wrote after the newest trade (an agg id of 2^63, not JSON, a list) is no
+    place to resume from: resuming after it would skip every trade up to it (found by the chaos run)."""
+    topic, symbol = f"test.resume-{unique}", f"RS{unique[:8].upper()}"
+    create_topics(settings, topic)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for agg_id in (7, 8, 9):
+        producer.produce(topic, key=symbol.encode(), value=trade(symbol, agg_id=agg_id))
+    for _, key, value in records(symbol):
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(10) == 0
+    try:
+        assert newest_agg_ids(settings.kafka_bootstrap, topic, [symbol]) == {symbol: 9}
+    finally:
+        delete_topics(settings, topic)

@@ -6,9 +6,9 @@ trade the broker acknowledged: no gap, no duplicate.
 
 from __future__ import annotations
 
-import json
-
 from confluent_kafka import Consumer, TopicPartition
+
+from cryptopipe import schemas
 
 
 def murmur2(data: bytes) -> int:
@@ -88,6 +88,9 @@ def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: 
             if msg.offset() >= end:
                 break
             try:
-                yield msg.key().decode(), int(json.loads(msg.value())["agg_id"])
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # not a trade record: nothing to resume from
+                trade = schemas.check_trade(msg.key(), msg.value())
+            except schemas.Invalid:
+                # Not a valid trade (someone else's malformed record, an agg id of 2^63): resuming after it
+                # would skip every trade up to it.
+                continue
+            yield trade["symbol"], trade["agg_id"]
