@@ -15,9 +15,14 @@ KINDS = {"kill source", "kill stream", "kill redis-sink", "kill alert-notifier",
 
 def test_the_pipeline_heals_itself_under_chaos(stack):
     results_file = ROOT / "chaos-results.json"
-    results_file.unlink(missing_ok=True)
-    run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1800)
+    for _attempt in range(2):
+        results_file.unlink(missing_ok=True)
+        run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=1800)
+        # Once more only when the harness itself died before writing any result (librdkafka has segfaulted in
+        # its lag probe while Kafka restarted); a run that wrote results is judged as it is.
+        if results_file.exists():
+            break
     results = json.loads(results_file.read_text())
     tail = run.stdout[-4000:] + (ROOT / "logs" / "chaos.log").read_text()[-3000:]
     assert set(results["faults_injected"]) == KINDS, tail
