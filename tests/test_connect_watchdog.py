@@ -94,8 +94,9 @@ def failing_sink(settings, unique):
     cur = owner.cursor()
     cur.execute(f"CREATE TABLE {table} (LIKE trades INCLUDING ALL)")
     cur.execute(f"GRANT SELECT, INSERT, UPDATE ON {table} TO crypto_writer")
+    # One task for the one partition, so "task 0" is the task that fails.
     config = load_configs()["jdbc-trades"] | {"topics": topic, "collection.name.format": table,
-                                              "errors.deadletterqueue.topic.name": dlq}
+                                              "errors.deadletterqueue.topic.name": dlq, "tasks.max": "1"}
     requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, timeout=30).raise_for_status()
     yield {"topic": topic, "table": table, "name": name, "cur": cur}
     requests.delete(f"{settings.connect_url}/connectors/{name}", timeout=30)

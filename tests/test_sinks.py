@@ -71,7 +71,7 @@ def test_a_poison_record_lands_in_the_dead_letter_topic(stack, settings):
     assert headers["__connect.errors.connector.name"] == b"jdbc-trades"
     assert b"DataException" in headers["__connect.errors.exception.class.name"]
     status = requests.get(f"{settings.connect_url}/connectors/jdbc-trades/status", timeout=5).json()
-    assert status["connector"]["state"] == "RUNNING" and [t["state"] for t in status["tasks"]] == ["RUNNING"]
+    assert status["connector"]["state"] == "RUNNING" and {t["state"] for t in status["tasks"]} == {"RUNNING"}
 
 
 @pytest.fixture
