@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo run stop test bench source replay stream redis-sink alert-notifier deploy-ksql deploy-connectors compose-up compose-down start chaos
+.PHONY: help setup up down status demo run stop test bench source replay redis-sink alert-notifier deploy-ksql deploy-connectors deploy-flink compose-up compose-down start chaos
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -12,7 +12,7 @@ help: ## list the targets
 setup: ## install everything: Debian packages (as root), the venv, Kafka/Connect jars, the JDBC plugin, .env
 	@bash stack/setup.sh
 
-up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect, Airflow), create topics and tables
+up: setup ## start the native stack (PostgreSQL, Redis, Kafka, Connect, Flink and its job, Airflow), create topics and tables
 	@$(PY) -m ops.stack up
 
 down: ## stop the functions and exactly what `make up` started
@@ -29,7 +29,7 @@ run: up ## live: the pipeline against Binance (BINANCE_BASE_URL, BINANCE_SYMBOLS
 	@$(PY) -m ops.connectors
 	@$(PY) -m ops.functions_ctl start
 
-start: ## start functions in the background: all, or FN="stream redis-sink" (source, stream, redis-sink, alert-notifier, replay)
+start: ## start functions in the background: all, or FN="redis-sink source" (source, redis-sink, alert-notifier, replay)
 	@$(PY) -m ops.functions_ctl start $(FN)
 
 stop: ## stop the functions in the background: all, or FN="..." as for start
@@ -47,9 +47,6 @@ chaos: up ## faults against the running pipeline (kills, outages, bad records), 
 source: ## run the Binance source in the foreground (BINANCE_BASE_URL, BINANCE_SYMBOLS in .env)
 	@.venv/bin/binance-source
 
-stream: ## run the stream function (candles, stats, alerts) in the foreground
-	@.venv/bin/stream-processor
-
 redis-sink: ## run the Redis sink function in the foreground
 	@.venv/bin/redis-sink
 
@@ -58,6 +55,9 @@ alert-notifier: ## run the alert notification function (webhook, or the log only
 
 deploy-connectors: ## create/update the JDBC sink connectors and wait for RUNNING (ARGS=--restart-failed)
 	@$(PY) -m ops.connectors $(ARGS)
+
+deploy-flink: ## start the stream job (flink/*.sql) on Flink unless it runs, from its newest checkpoint; show the jobs
+	@$(PY) -m ops.flink_deploy $(ARGS)
 
 deploy-ksql: ## apply ksql/*.sql to ksqlDB (docker-compose); says so and succeeds when none is reachable
 	@$(PY) -m ops.ksql_deploy

@@ -115,7 +115,7 @@ def to_json(fields: tuple[Field, ...], record: dict) -> bytes:
 # could overflow arithmetic; key rules. Each check returns the record with typed values (Decimal, int, str,
 # bool) or raises Invalid with a reason fit for a dead-letter header.
 
-SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+SYMBOL = re.compile(r"\A[A-Z0-9]{2,20}\Z")  # \Z: "$" would let a trailing newline through
 RULES = ("price_move", "volume_spike")
 MIN_TIME_MS = 1_262_304_000_000  # 2010-01-01T00:00:00Z: before any crypto exchange's first trade
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z

@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     watchdog_backoff_s: float = Field(default=5.0, gt=0, le=3600)
     watchdog_backoff_max_s: float = Field(default=300.0, gt=0, le=86400)
 
+    # Flink, the stream engine natively (ops/flink.py, flink/*.sql): a session cluster of one JobManager (REST API
+    # and web UI on flink_port), one TaskManager and the SQL Gateway, all on 127.0.0.1.
+    flink_host: str = "127.0.0.1"
+    flink_port: Port = 8081
+    flink_gateway_port: Port = 8082
+    flink_rpc_port: Port = 6123
+    flink_jobmanager_memory: Heap = "1024m"
+    flink_taskmanager_memory: Heap = "1600m"
+    flink_task_slots: int = Field(default=4, ge=1, le=64)
+    flink_parallelism: int = Field(default=1, ge=1, le=64)
+    flink_checkpoint_interval_s: float = Field(default=1.0, gt=0, le=600)
+    flink_job_name: str = Field(default="crypto-stream", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    # A partition without records for this long stops holding the watermark back (an empty partition, or one read
+    # to its end before a restore, would stop every window).
+    flink_idle_timeout_s: int = Field(default=30, ge=1, le=3600)
+    # How often the stack's `flink-job` keeper checks that the job runs.
+    flink_keep_interval_s: float = Field(default=5.0, gt=0, le=300)
+
     # PostgreSQL: the owner role owns the schema; the writer is what the sinks use; the reader is for reports.
     # The role names are fixed (db/roles.sql creates them); their passwords are settings.
     PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "reader": "crypto_reader"}
@@ -90,13 +108,10 @@ class Settings(BaseSettings):
     source_max_poll_interval_s: Seconds = 5.0
     source_status_interval_s: Seconds = 5.0
 
-    # Stream function (functions/stream_processor): the native twin of ksql/.
+    # The stream job (flink/*.sql on Flink natively, ksql/*.sql on ksqlDB in docker-compose): the consumer group
+    # Flink commits its offsets under (for lag), and the grace period, the watermark's delay.
     stream_consumer_group: str = "crypto-stream"
-    stream_grace_s: int = Field(default=10, ge=0)
-    stream_processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
-    stream_commit_interval_s: Seconds = 1.0
-    # Unique per replica of the stream function (for more than one, give each its own).
-    stream_instance_id: str = "0"
+    stream_grace_s: int = Field(default=10, ge=0, le=3600)
     # Alert rules: price move (high - low, % of open) in a 1-minute window; 1-minute quote volume.
     # Per-symbol overrides as SYMBOL:value,SYMBOL:value.
     alert_move_pct: float = Field(default=1.0, gt=0)
@@ -204,6 +219,14 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.connect_host}:{self.connect_port}"
+
+    @property
+    def flink_url(self) -> str:
+        return f"http://{self.flink_host}:{self.flink_port}"
+
+    @property
+    def flink_gateway_url(self) -> str:
+        return f"http://{self.flink_host}:{self.flink_gateway_port}"
 
     @property
     def airflow_url(self) -> str:

@@ -1,5 +1,5 @@
-"""The native stack without Docker: PostgreSQL, Redis, Kafka (KRaft), Kafka Connect (and its watchdog) and Airflow as
-local processes.
+"""The native stack without Docker: PostgreSQL, Redis, Kafka (KRaft), Kafka Connect (and its watchdog), Flink (and the
+keeper of its stream job) and Airflow as local processes.
 
     python -m ops.stack up        start in dependency order, each checked ready before the next, then prepare
     python -m ops.stack down      stop exactly what `up` started (pid files in var/run)
@@ -17,8 +17,9 @@ from confluent_kafka.admin import AdminClient
 
 from cryptopipe import topics
 from cryptopipe.settings import Settings, load_settings
-from ops import airflow, db
+from ops import airflow, db, flink
 from ops.connect_watchdog import ConnectWatchdog
+from ops.flink_deploy import FlinkJobKeeper
 from ops.kafka_admin import ensure_topics
 from ops.postgres import Postgres
 from ops.process import StackError, port_open, process_exists, wait_until
@@ -31,7 +32,8 @@ class NativeStack:
     def __init__(self, settings: Settings):
         self.s = settings
         self.services: list[Service] = [Postgres(settings), Redis(settings), Kafka(settings), Connect(settings),
-                                        ConnectWatchdog(settings), *airflow.services(settings)]
+                                        ConnectWatchdog(settings), *flink.services(settings), FlinkJobKeeper(settings),
+                                        *airflow.services(settings)]
 
     def service(self, name: str) -> Service:
         return next(svc for svc in self.services if svc.name == name)

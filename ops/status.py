@@ -20,7 +20,7 @@ from rich.table import Table
 from cryptopipe import topics
 from cryptopipe.run import read_status
 from cryptopipe.settings import load_settings
-from ops import functions_ctl, supervise
+from ops import flink_deploy, functions_ctl, supervise
 from ops.airflow import AirflowClient
 from ops.connectors import all_statuses, load_configs
 from ops.db import table_counts
@@ -287,6 +287,7 @@ def print_status(stack: NativeStack) -> int:
     sections = [
         ("kafka", lambda: [topic_table(stack), lag_table(stack)]),
         ("connect", lambda: connect_tables(stack)),
+        ("flink-jobmanager", lambda: [flink_deploy.table(stack.s)]),
         ("postgres", lambda: [postgres_table(stack)]),
         ("redis", lambda: [redis_table(stack)]),
         ("postgres", lambda: [freshness_table(stack)]),

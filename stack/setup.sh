@@ -53,12 +53,12 @@ else
   echo "    .venv is up to date"
 fi
 
-# ---- Kafka, Kafka Connect and the Debezium JDBC sink from Maven Central -----------------------
+# ---- Kafka, Kafka Connect, the Debezium JDBC sink and Flink from Maven Central -------------------
 want=$(stamp_of stack/java/pom.xml)
 if [ "$(cat stack/lib/.stamp 2>/dev/null)" != "$want" ]; then
-  say "Kafka, Kafka Connect and the Debezium JDBC sink (Maven Central)"
+  say "Kafka, Kafka Connect, the Debezium JDBC sink and Flink (Maven Central)"
   rm -rf stack/lib
-  for profile in broker connect jdbc-plugin; do
+  for profile in broker connect jdbc-plugin flink; do
     mvn -B -q -f stack/java/pom.xml -P "$profile" package
   done
   mkdir -p stack/lib/plugins
@@ -66,6 +66,17 @@ if [ "$(cat stack/lib/.stamp 2>/dev/null)" != "$want" ]; then
   echo "$want" > stack/lib/.stamp
 else
   echo "    stack/lib is up to date"
+fi
+
+# ---- The Flink job's functions (flink/udf, Java) ------------------------------------------------
+want=$(stamp_of flink/udf/pom.xml $(find flink/udf/src -name '*.java' | sort))
+if [ "$(cat stack/lib/flink-udf/.stamp 2>/dev/null)" != "$want" ]; then
+  say "the Flink job's functions (flink/udf)"
+  rm -rf stack/lib/flink-udf
+  mvn -B -q -f flink/udf/pom.xml package
+  echo "$want" > stack/lib/flink-udf/.stamp
+else
+  echo "    stack/lib/flink-udf is up to date"
 fi
 
 # ---- .env with generated secrets ---------------------------------------------------------------

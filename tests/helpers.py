@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.tape import candles as plain_candles  # noqa: F401  (1-minute candles the plain way)
 from cryptopipe.settings import ROOT
+from ops import flink_deploy
 
 TAPES = ROOT / "data" / "binance"
 # The symbols of the bundled tapes, which `make demo` loads.
@@ -190,3 +191,13 @@ def kill_running(procs) -> None:
     for proc in procs:
         if proc.proc.poll() is None:
             proc.kill9()
+
+
+def start_flink_job(settings, name: str, **update):
+    """The stream job of flink/*.sql on the stack's Flink cluster under a job name (so also checkpoints and
+    transactional ids), consumer group and topics of a test's own: the settings copy it runs with, once its tasks
+    run. An empty partition holds the windows back for 2 s only."""
+    s = settings.model_copy(update={"flink_job_name": name, "flink_idle_timeout_s": 2, **update})
+    flink_deploy.ensure(s)
+    flink_deploy.wait_running(s)
+    return s

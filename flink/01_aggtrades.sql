@@ -1,0 +1,44 @@
+-- 01: binance.aggtrades as the source wrote it, key and value as bytes, so no record can fail to deserialize:
+-- check_trade (the validation contract of cryptopipe/schemas.py, one JSON parse per record) sorts them.
+-- Event time is the Kafka timestamp, which the source sets to the trade time; the grace period is the watermark's
+-- delay.
+CREATE TABLE aggtrades_raw (
+    `k` BYTES,
+    `v` BYTES,
+    `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
+    `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
+    `src_partition` INT METADATA FROM 'partition' VIRTUAL,
+    `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
+    `proc_time` AS PROCTIME(),
+    WATERMARK FOR `ts` AS `ts` - INTERVAL '{{ grace_s }}' SECOND
+) WITH (
+    'connector' = 'kafka',
+    'topic' = '{{ aggtrades_topic }}',
+    'properties.bootstrap.servers' = '{{ bootstrap }}',
+    'properties.group.id' = '{{ group }}',
+    'properties.isolation.level' = 'read_committed',
+    'scan.startup.mode' = 'group-offsets',
+    'properties.auto.offset.reset' = 'earliest',
+    'key.format' = 'raw',
+    'key.fields' = 'k',
+    'value.format' = 'raw',
+    'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE VIEW checked AS
+SELECT r.`k`, r.`v`, r.`ts`, r.`proc_time`, r.`src_topic`, r.`src_partition`, r.`src_offset`,
+       c.`symbol`, c.`agg_id`, c.`price`, c.`qty`, c.`error`,
+       -- A trade is late when its minute has closed: the watermark is past the minute's end.
+       CURRENT_WATERMARK(r.`ts`) IS NOT NULL
+           AND FLOOR(r.`ts` TO MINUTE) + INTERVAL '1' MINUTE <= CURRENT_WATERMARK(r.`ts`) AS `late`
+FROM aggtrades_raw AS r,
+     LATERAL TABLE(check_trade(r.`k`, r.`v`)) AS c(`symbol`, `agg_id`, `price`, `qty`, `error`);
+
+-- The valid trades that are on time, with what the windows need: the minute as epoch ms, and open/close keys
+-- (the agg id, zero-padded, then the price) whose MIN and MAX are the first and last trade by id.
+CREATE VIEW trades AS
+SELECT `symbol`, `price`, `qty`, `ts`, `proc_time`,
+       CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), `ts`) AS BIGINT) * 60000 AS `minute_ms`,
+       LPAD(CAST(`agg_id` AS STRING), 19, '0') || CAST(`price` AS STRING) AS `id_price`
+FROM checked
+WHERE `error` IS NULL AND NOT `late`;

@@ -1,0 +1,51 @@
+-- 02: every valid trade, late ones included, byte for byte with its key and timestamp into crypto.trades (what
+-- the JDBC sink loads); every record that breaks the contract, and every late trade (counted, not lost), as
+-- received into crypto.dlq.stream with the reason in its headers.
+CREATE TABLE trades_valid (
+    `k` BYTES,
+    `v` BYTES,
+    `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp'
+) WITH (
+    'connector' = 'kafka',
+    'topic' = '{{ trades_topic }}',
+    'properties.bootstrap.servers' = '{{ bootstrap }}',
+    'key.format' = 'raw',
+    'key.fields' = 'k',
+    'value.format' = 'raw',
+    'value.fields-include' = 'EXCEPT_KEY',
+    'sink.delivery-guarantee' = 'exactly-once',
+    'sink.transactional-id-prefix' = '{{ job_name }}-trades',
+    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+);
+
+CREATE TABLE dead_letters (
+    `k` BYTES,
+    `v` BYTES,
+    `headers` MAP<STRING, BYTES> METADATA
+) WITH (
+    'connector' = 'kafka',
+    'topic' = '{{ dlq_topic }}',
+    'properties.bootstrap.servers' = '{{ bootstrap }}',
+    'key.format' = 'raw',
+    'key.fields' = 'k',
+    'value.format' = 'raw',
+    'value.fields-include' = 'EXCEPT_KEY',
+    'sink.delivery-guarantee' = 'exactly-once',
+    'sink.transactional-id-prefix' = '{{ job_name }}-dlq',
+    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+);
+
+INSERT INTO trades_valid
+SELECT `k`, `v`, `ts` FROM checked WHERE `error` IS NULL;
+
+-- The headers of cryptopipe.topics.dlq_headers: error.reason, error.component, error.topic/partition/offset.
+INSERT INTO dead_letters
+SELECT `k`, `v`, MAP[
+    'error.reason', ENCODE(COALESCE(`error`,
+        'late trade: its minute closed ' || '{{ grace_s }}' || ' s of grace before it came'), 'UTF-8'),
+    'error.component', ENCODE('stream', 'UTF-8'),
+    'error.topic', ENCODE(`src_topic`, 'UTF-8'),
+    'error.partition', ENCODE(CAST(`src_partition` AS STRING), 'UTF-8'),
+    'error.offset', ENCODE(CAST(`src_offset` AS STRING), 'UTF-8')]
+FROM checked
+WHERE `error` IS NOT NULL OR `late`;

@@ -1,0 +1,48 @@
+-- 06: alerts into crypto.alerts, keyed by a deterministic id (symbol:rule:window_start), each id written once. Rules, with per-symbol thresholds and defaults from the settings:
+--   price_move:   (high - low) / open * 100 >= move threshold, within one 1-minute window
+--   volume_spike: the window's quote volume >= volume threshold
+CREATE TABLE alerts_out (
+    `alert_key` STRING,
+    `alert_id` STRING,
+    `symbol` STRING,
+    `rule` STRING,
+    `window_start` BIGINT,
+    `value` DECIMAL(38, 8),
+    `threshold` DECIMAL(38, 8),
+    `price` DECIMAL(18, 8),
+    `detected_at` BIGINT
+) WITH (
+    'connector' = 'kafka',
+    'topic' = '{{ alerts_topic }}',
+    'properties.bootstrap.servers' = '{{ bootstrap }}',
+    'key.format' = 'raw',
+    'key.fields' = 'alert_key',
+    'value.format' = 'json',
+    'value.json.encode.decimal-as-plain-number' = 'true',
+    'value.fields-include' = 'EXCEPT_KEY',
+    'sink.delivery-guarantee' = 'exactly-once',
+    'sink.transactional-id-prefix' = '{{ job_name }}-alerts',
+    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+);
+
+-- Checked on every change of a candle (03), in arrival order: an alert goes out with the first trade that breaks
+-- its rule, and only that once (deduplicated on the id, first by arrival).
+CREATE VIEW broken_rules AS
+SELECT `symbol` || ':price_move:' || CAST(`minute_ms` AS STRING) AS `id`, `symbol`, 'price_move' AS `rule`,
+       `minute_ms`, range_pct(`high`, `low`, `open`) AS `value`,
+       CAST({{ move_case }} AS DECIMAL(38, 8)) AS `threshold`, `close`, `proc_time`
+FROM candles
+WHERE (`high` - `low`) * 100 >= {{ move_case }} * `open`
+UNION ALL
+SELECT `symbol` || ':volume_spike:' || CAST(`minute_ms` AS STRING), `symbol`, 'volume_spike', `minute_ms`,
+       CAST(`quote_volume` AS DECIMAL(38, 8)), CAST({{ volume_case }} AS DECIMAL(38, 8)), `close`, `proc_time`
+FROM candles
+WHERE `quote_volume` >= {{ volume_case }};
+
+INSERT INTO alerts_out
+SELECT `id`, `id`, `symbol`, `rule`, `minute_ms`, `value`, `threshold`, `close`, UNIX_TIMESTAMP() * 1000
+FROM (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY `id` ORDER BY `proc_time`) AS `nth`
+    FROM broken_rules
+)
+WHERE `nth` = 1;
