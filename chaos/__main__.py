@@ -34,18 +34,21 @@ from chaos.faults import Faults
 from chaos.probe import Probe
 from chaos.webhook import Receiver
 from cryptopipe.settings import ROOT, load_settings
-from ops import connectors, functions_ctl
+from ops import connectors, flink_deploy, functions_ctl
 from ops.process import port_open
 from ops.stack import NativeStack
 
 RESULTS = ROOT / "chaos-results.json"
-FUNCTIONS = ("source", "stream", "redis-sink", "alert-notifier")
+FUNCTIONS = ("source", "redis-sink", "alert-notifier")
 
 
 def schedule(rng: random.Random, repeats: int) -> list[tuple[str, str, float]]:
     """(kind, target, length in seconds) for every fault, `repeats` times each, shuffled."""
     faults = [("kill", name, 0.0) for name in FUNCTIONS] + [("kill-service", "kafka", 0.0),
                                                             ("kill-service", "connect", 0.0),
+                                                            # the stream engine: Flink's two processes
+                                                            ("kill-service", "flink-jobmanager", 0.0),
+                                                            ("kill-service", "flink-taskmanager", 0.0),
                                                             ("outage", "postgres", 60.0), ("outage", "redis", 30.0),
                                                             ("malformed", "binance.aggtrades", 0.0)]
     out = faults * repeats
@@ -81,10 +84,12 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
     start_offsets = check.dlq_ends(settings)
     url = f"http://127.0.0.1:{settings.replay_port}"
     env = {"BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0",
-           "ALERT_WEBHOOK_URL": receiver.url, "ALERT_MOVE_PCT": "0.3"}
+           "ALERT_WEBHOOK_URL": receiver.url}
     functions_ctl.start(settings, "replay", ["--tape", str(work / "tape"), "--port", str(settings.replay_port),
                                             "--speed", "1"])
-    for name in ("stream", "redis-sink", "alert-notifier", "source"):
+    flink_deploy.ensure(settings, log)  # the stack's keeper starts it as well; this one waits for it
+    flink_deploy.wait_running(settings)
+    for name in ("redis-sink", "alert-notifier", "source"):
         functions_ctl.start(settings, name, env=env)
     tape_end = time.monotonic() + minutes * 60 + 5
     probe = Probe(settings, stack, symbols, {s: t[-1]["a"] for s, t in trades.items()}, total / (minutes * 60),
@@ -123,7 +128,7 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
         outcome["services_down"] = down
         outcome["ok"] &= not outcome["services_down"]
     finally:
-        for name in ("source", "stream", "redis-sink", "alert-notifier", "replay"):
+        for name in ("source", "redis-sink", "alert-notifier", "replay"):
             functions_ctl.stop(settings, name)
         receiver.close()
         probe.close()

@@ -9,7 +9,7 @@ import requests
 
 from cryptopipe.run import read_status
 from cryptopipe.settings import Settings
-from ops import functions_ctl
+from ops import flink_deploy, functions_ctl
 from ops.connectors import all_statuses, is_running, load_configs
 from ops.kafka_admin import LagProbe
 from ops.stack import NativeStack
@@ -17,7 +17,7 @@ from ops.stack import NativeStack
 # Records a group may be behind and still count as caught up: a live feed is never at exactly 0 between two
 # looks, the stream commits each second and Connect every 5 s: the trades of about 6 s.
 LAG_SECONDS = 6
-DATA_SERVICES = ("postgres", "redis", "kafka", "connect")
+DATA_SERVICES = ("postgres", "redis", "kafka", "connect", "flink-jobmanager", "flink-taskmanager")
 SOURCE_LAG_MS = 5_000
 
 
@@ -37,10 +37,16 @@ class Probe:
 
     def why_not(self, tape_running: bool) -> str | None:
         """None when caught up, else the first thing that is not."""
-        for name in ("source", "stream", "redis-sink", "alert-notifier"):
+        for name in ("source", "redis-sink", "alert-notifier"):
             state = (functions_ctl.supervisor_status(self.s, name) or {}).get("state")
             if state != "running":
                 return f"{name} {state or 'not running'}"
+        try:
+            job = flink_deploy.running_job(self.s)
+        except requests.RequestException:
+            return "Flink's JobManager not answering"
+        if job is None or job["state"] != "RUNNING" or job["tasks"].get("running") != job["tasks"].get("total"):
+            return f"Flink job {self.s.flink_job_name} {job['state'] if job else 'not running'}"
         for name in DATA_SERVICES:
             svc = self.stack.service(name)
             # Kafka through the probe's own long-lived client: a new one per look is what crashed librdkafka.

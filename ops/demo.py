@@ -24,7 +24,7 @@ from rich.table import Table
 
 from cryptopipe.run import read_status
 from cryptopipe.settings import ROOT, Settings, load_settings
-from ops import connectors, functions_ctl, ksql_deploy, supervise
+from ops import connectors, flink_deploy, functions_ctl, ksql_deploy, supervise
 from ops.airflow import AirflowClient
 from ops.kafka_admin import consumer_lag
 from ops.process import port_open
@@ -53,13 +53,16 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
     if connectors.deploy(settings.connect_url, restart=True, console=console) != 0:
         return 1
     ksql_deploy.deploy(settings, out=console.print)
+    # The stream engine: Flink's job (the stack's keeper starts it too; this waits until its tasks run).
+    flink_deploy.ensure(settings, console.print)
+    flink_deploy.wait_running(settings)
 
     if port_open("127.0.0.1", settings.replay_port):
         console.print(f"[red]error: port {settings.replay_port} for the replay server is in use; "
                       "set REPLAY_PORT in .env[/red]")
         return 1
     url = f"http://127.0.0.1:{settings.replay_port}"
-    names = ("replay", "stream", "redis-sink", "alert-notifier", "source")
+    names = ("replay", "redis-sink", "alert-notifier", "source")
     try:
         functions_ctl.start(settings, "replay", ["--tape", str(tape_dir), "--port", str(settings.replay_port),
                                                  "--speed", "0", "--shift-to-now"])
@@ -69,7 +72,6 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
             if time.monotonic() > deadline:
                 raise RuntimeError("the replay server did not start; see logs/replay.log")
             time.sleep(0.2)
-        functions_ctl.start(settings, "stream")
         functions_ctl.start(settings, "redis-sink")
         functions_ctl.start(settings, "alert-notifier")
         functions_ctl.start(settings, "source", env={

@@ -22,12 +22,12 @@ from ops.process import pid_from_file, process_exists, spawn, terminate
 
 MODULES = {
     "source": "functions.binance_source.source",
-    "stream": "functions.stream_processor.app",
     "redis-sink": "functions.redis_sink.sink",
     "alert-notifier": "functions.alert_notifier.notifier",
     "replay": "replay.server",
 }
-PIPELINE = ("stream", "redis-sink", "alert-notifier", "source")  # consumers first, so nothing waits on them
+# Consumers first, so nothing waits on them. The stream engine is Flink's job, which the stack keeps running.
+PIPELINE = ("redis-sink", "alert-notifier", "source")
 
 
 def pid_file(settings: Settings, name: str):

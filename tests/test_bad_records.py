@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import time
 import uuid
 from decimal import Decimal
 
@@ -21,10 +22,11 @@ from confluent_kafka import Producer
 from chaos import malformed
 from cryptopipe import schemas, topics
 from functions.binance_source.trades import trade_value
+from ops import flink_deploy
 from ops.connectors import is_running, load_configs
 
 from .helpers import (Process, caught_up, create_topics, delete_topics, kill_running, latest_by_key, plain_candles,
-                      read_topic, tape, wait_for)
+                      read_topic, start_flink_job, tape, wait_for)
 from . import test_alert_notifier
 from .test_alert_notifier import alert
 
@@ -110,17 +112,21 @@ def flow(settings, stack, tmp_path_factory):
         env = {"AGGTRADES_TOPIC": f.trades, "TRADES_TOPIC": f.valid, "CANDLES_TOPIC": f.candles,
                "STATS_TOPIC": f.stats, "ALERTS_TOPIC": f.alerts, "DLQ_TOPIC_PREFIX": f.dlq_prefix,
                "STREAM_CONSUMER_GROUP": f.group, "REDIS_SINK_GROUP": f.group + "-redis", "VAR_DIR": str(tmp / "var")}
-        f.stream = Process("functions.stream_processor.app", env, tmp / "stream.log")
-        f.procs.append(f.stream)
+        # The stream engine: the job of flink/*.sql under a name of its own, on the stack's Flink cluster.
+        f.job = start_flink_job(settings, f"test-bad-{u}", aggtrades_topic=f.trades, trades_topic=f.valid,
+                                candles_topic=f.candles, stats_topic=f.stats, alerts_topic=f.alerts,
+                                dlq_topic_prefix=f.dlq_prefix, stream_consumer_group=f.group, var_dir=tmp / "var")
         f.sink = Process("functions.redis_sink.sink", env, tmp / "redis-sink.log")
         f.procs.append(f.sink)
-        f.stream.wait_log("is now processing incoming messages")
-        wait_for(lambda: caught_up(settings, f.group, f.trades), 180, "the stream function to catch up", 0.5)
+        wait_for(lambda: caught_up(settings, f.group, f.trades), 180, "the stream job to catch up", 0.5)
+        time.sleep(3 * settings.flink_checkpoint_interval_s)  # its outputs commit with the offsets' checkpoint
         wait_for(lambda: caught_up(settings, f.group + "-redis", f.trades)
                  and caught_up(settings, f.group + "-redis", f.candles), 120, "the Redis sink to catch up", 0.5)
         yield f
     finally:
         kill_running(f.procs)
+        if hasattr(f, "job"):
+            flink_deploy.cancel(f.job)
         delete_topics(settings, f.trades, f.valid, f.candles, f.stats, f.alerts, f.stream_dlq, f.redis_dlq)
         for symbol in f.good:
             r.delete(f"price:{symbol}", f"prices:{symbol}", f"candle:{symbol}")
@@ -128,9 +134,10 @@ def flow(settings, stack, tmp_path_factory):
 
 @pytest.mark.parametrize("component", ["stream", "redis-sink"])
 def test_each_consumer_dead_letters_exactly_the_malformed_records_and_goes_on(settings, flow, component):
-    assert flow.stream.proc.poll() is None and flow.sink.proc.poll() is None, "a consumer died"
+    assert flow.sink.proc.poll() is None, "the Redis sink died"
+    assert flink_deploy.running_job(flow.job)["state"] == "RUNNING", "the stream job stopped"
     dead = read_topic(settings, flow.dlq_prefix + component)
-    # The stream function reads trades only; the Redis sink trades and candles.
+    # The stream job reads trades only; the Redis sink trades and candles.
     expected = {o for o in flow.sent_bad if component == "redis-sink" or o[0] == flow.trades}
     assert sorted(origin(m) for m in dead) == sorted(expected)  # each once, nothing else
     kinds = set()

@@ -9,8 +9,9 @@ import subprocess
 
 from cryptopipe.settings import ROOT
 
-KINDS = {"kill source", "kill stream", "kill redis-sink", "kill alert-notifier", "kill-service kafka",
-         "kill-service connect", "outage postgres", "outage redis", "malformed binance.aggtrades"}
+KINDS = {"kill source", "kill redis-sink", "kill alert-notifier", "kill-service kafka", "kill-service connect",
+         "kill-service flink-jobmanager", "kill-service flink-taskmanager", "outage postgres", "outage redis",
+         "malformed binance.aggtrades"}
 
 
 def test_the_pipeline_heals_itself_under_chaos(stack):

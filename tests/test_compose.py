@@ -16,7 +16,8 @@ from cryptopipe.settings import ROOT, Settings
 COMPOSE = ROOT / "docker-compose.yaml"
 SERVICES = {"kafka", "connect", "ksqldb-server", "ksqldb-cli", "postgres", "redis", "kafka-ui", "init",
             "airflow-init", "airflow", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-            "source", "stream", "redis-sink", "alert-notifier", "replay"}
+            "source", "redis-sink", "alert-notifier", "replay",
+            "flink-jobmanager", "flink-taskmanager", "flink-sql-gateway", "flink-deploy"}
 ONE_SHOT = {"init", "airflow-init"}
 
 
@@ -116,14 +117,14 @@ def test_functions_run_the_console_scripts_the_project_installs(compose):
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    for name in ("source", "stream", "redis-sink", "alert-notifier", "replay"):
+    for name in ("source", "redis-sink", "alert-notifier", "replay"):
         service = compose["services"][name]
         assert service["command"][0] in scripts, name
         module = scripts[service["command"][0]].split(":")[0]
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
         assert service["build"]["dockerfile"] == "docker/python/Dockerfile"
     dockerfile = (ROOT / "docker/python/Dockerfile").read_text()
-    for folder in ("functions", "replay", "connectors", "ksql"):
+    for folder in ("functions", "replay", "connectors", "ksql", "flink"):
         assert f"COPY {folder} {folder}" in dockerfile
 
 

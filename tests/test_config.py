@@ -118,7 +118,7 @@ def test_connect_worker_has_single_node_storage():
 
 @pytest.mark.parametrize("field, value", [
     ("alert_move_pct", "nan"), ("alert_move_pct", "inf"), ("alert_quote_volume", "-inf"), ("alert_move_pct", "0"),
-    ("source_max_poll_interval_s", "0"), ("source_min_poll_interval_s", "-1"), ("stream_commit_interval_s", "0"),
+    ("source_max_poll_interval_s", "0"), ("source_min_poll_interval_s", "-1"), ("flink_checkpoint_interval_s", "0"),
     ("binance_read_timeout_s", "nan"), ("redis_stale_after_s", "-5"), ("source_status_interval_s", "0"),
     ("kafka_port", "0"), ("redis_port", "70000"), ("replay_speed", "-1"), ("redis_batch_size", "0"),
     ("alert_cooldown_s", "-1"), ("demo_timeout_s", "inf"), ("kafka_heap", "lots"), ("binance_symbols", ""),

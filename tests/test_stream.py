@@ -1,31 +1,36 @@
-"""The stream function on the real broker, against independent oracles: Binance's own recorded XRPETH
-candles, and candles, statistics and alerts computed plainly in this file from the tapes."""
+"""The stream job (flink/*.sql on the stack's Flink cluster) on the real broker, against independent oracles:
+Binance's own recorded XRPETH candles, and candles, statistics and alerts computed plainly in this file from the
+tapes."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
+import time
 from collections import defaultdict
 from decimal import Decimal
 
 import pytest
 from confluent_kafka import Producer
 
+from chaos.faults import worker_of
 from cryptopipe import schemas
+from ops import flink_deploy
 from replay.server import Replay, start_in_thread
 from replay.tape import load_tapes
 
 from .helpers import (
     TAPES,
     Process,
-    caught_up,
     create_topics,
     delete_topics,
-    kill_running,
     latest_by_key,
     plain_candles,
     read_topic,
+    start_flink_job,
     tape,
     topic_size,
     wait_for,
@@ -46,8 +51,9 @@ def plain_stats(trades: list[dict], start: int) -> dict:
 
 
 @pytest.fixture
-def pipeline(settings, unique, tmp_path):
-    """Fresh topics; the source and the stream function as processes, wired to them."""
+def pipeline(settings, stack, unique, tmp_path):
+    """Fresh topics; the real source feeding them, and the stream job of flink/*.sql on the stack's Flink cluster
+    under a job name, consumer group and topics of its own."""
 
     class Pipeline:
         trades = f"test.trades-{unique}"
@@ -55,7 +61,6 @@ def pipeline(settings, unique, tmp_path):
         dlq_prefix = f"test.{unique}.dlq."
         dlq = dlq_prefix + "stream"
         group = f"test-stream-{unique}"
-        procs: list[Process] = []
 
         def feed(self, tapes: list[str]) -> dict[str, list[dict]]:
             """The tapes through the replay server and the real source into the trades topic."""
@@ -75,28 +80,30 @@ def pipeline(settings, unique, tmp_path):
             server.shutdown()
             return expected
 
-        def start(self, **env) -> Process:
-            base = {"AGGTRADES_TOPIC": self.trades, "TRADES_TOPIC": self.valid, "CANDLES_TOPIC": self.candles,
-                    "STATS_TOPIC": self.stats, "ALERTS_TOPIC": self.alerts,
-                    "DLQ_TOPIC_PREFIX": self.dlq_prefix, "STREAM_CONSUMER_GROUP": self.group,
-                    "VAR_DIR": str(tmp_path / "var")}
-            proc = Process("functions.stream_processor.app", base | {k.upper(): str(v) for k, v in env.items()},
-                           tmp_path / f"stream-{len(self.procs)}.log")
-            self.procs.append(proc)
-            proc.wait_log("is now processing incoming messages")
-            return proc
+        def start(self, **env) -> None:
+            """Start the job (from its newest checkpoint, if it has one) and wait until its tasks run."""
+            self.s = start_flink_job(settings, f"test-stream-{unique}", aggtrades_topic=self.trades,
+                                     trades_topic=self.valid, candles_topic=self.candles, stats_topic=self.stats,
+                                     alerts_topic=self.alerts, dlq_topic_prefix=self.dlq_prefix,
+                                     stream_consumer_group=self.group, var_dir=tmp_path / "var", **env)
 
-        def wait_done(self, timeout: float = 180) -> None:
-            wait_for(lambda: caught_up(settings, self.group, self.trades), timeout, "the stream to catch up", 0.5)
+        def stop(self) -> None:
+            flink_deploy.cancel(self.s)
+            wait_for(lambda: flink_deploy.running_job(self.s) is None, 60, "the job to be cancelled")
 
-        def status(self) -> dict:
-            return json.loads((tmp_path / "var" / "run" / "stream.json").read_text())
+        def wait_done(self, valid_trades: int, timeout: float = 180) -> None:
+            """Every valid trade is out in the committed validated trades: the checkpoint that committed them
+            committed the candles, statistics and alerts of the same input. Then two checkpoints more."""
+            wait_for(lambda: len(read_topic(settings, self.valid, 5)) >= valid_trades, timeout,
+                     f"{valid_trades} validated trades", 1)
+            time.sleep(3 * settings.flink_checkpoint_interval_s)
 
     p = Pipeline()
     create_topics(settings, p.trades, p.valid, p.candles, p.stats, p.alerts, partitions=3)
     create_topics(settings, p.dlq, partitions=1)
     yield p
-    kill_running(p.procs)
+    if hasattr(p, "s"):
+        flink_deploy.cancel(p.s)
     delete_topics(settings, p.trades, p.valid, p.candles, p.stats, p.alerts, p.dlq)
 
 
@@ -112,9 +119,9 @@ def assert_candles_equal(final: dict, symbol: str, expected: dict[int, dict]) ->
 
 def test_xrpeth_candles_equal_binances_recorded_candles(settings, stack, pipeline):
     trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"])["XRPETH"]
-    proc = pipeline.start()
-    pipeline.wait_done()
-    assert proc.stop() == 0
+    pipeline.start()
+    pipeline.wait_done(len(trades))
+    pipeline.stop()
     msgs = read_topic(settings, pipeline.candles)
     assert all(list(json.loads(m.value())) == schemas.names(schemas.CANDLE) for m in msgs)
     final = latest_by_key(msgs, ("symbol", "window_start"))
@@ -141,10 +148,10 @@ def test_short_tapes_candles_alerts_and_their_ids(settings, stack, pipeline):
     tapes = pipeline.feed(["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json",
                            "dotusdt_aggtrades_20210404.json"])
     # Thresholds low enough that these 91 seconds raise alerts, one symbol with its own.
-    rules = {"alert_move_pct": "0.05", "alert_move_pct_symbols": "DOTUSDT:0.2", "alert_quote_volume": "2000000"}
-    proc = pipeline.start(**rules)
-    pipeline.wait_done()
-    assert proc.stop() == 0
+    rules = {"alert_move_pct": 0.05, "alert_move_pct_symbols": "DOTUSDT:0.2", "alert_quote_volume": 2_000_000.0}
+    pipeline.start(**rules)
+    pipeline.wait_done(sum(len(t) for t in tapes.values()))
+    pipeline.stop()
     final = latest_by_key(read_topic(settings, pipeline.candles), ("symbol", "window_start"))
     expected_alerts = set()
     for symbol, trades in tapes.items():
@@ -178,11 +185,16 @@ def test_out_of_order_late_and_bad_records(settings, stack, pipeline):
                  f'"last_trade_id":{t["l"]},"trade_time":{t["T"]},"is_buyer_maker":{str(t["m"]).lower()}}}')
         producer.produce(pipeline.trades, key=b"BTCUSDT", value=value.encode(), timestamp=ts or t["T"])
 
+    # The job runs first, and its empty partitions have gone idle: the watermark follows the trades as they come.
+    pipeline.start()
+    time.sleep(pipeline.s.flink_idle_timeout_s + 2)
     for t in shuffled + later:
         send(t)
     # A trade 2 minutes past the tape closes the first window for good; then a trade for it is too late.
     beyond = dict(later[-1], a=later[-1]["a"] + 10, T=later[-1]["T"] + 2 * MIN)
     send(beyond)
+    assert producer.flush(10) == 0
+    time.sleep(3)  # the watermark moves past the first minute
     too_late = dict(first_minute[0], a=first_minute[0]["a"] - 1, p="1.00000000")
     send(too_late)
     for bad in (b"{not json", b'{"symbol":"BTCUSDT","agg_id":1}',
@@ -190,36 +202,50 @@ def test_out_of_order_late_and_bad_records(settings, stack, pipeline):
         producer.produce(pipeline.trades, key=b"BTCUSDT", value=bad, timestamp=trades[-1]["T"])
     assert producer.flush(10) == 0
 
-    proc = pipeline.start()
-    pipeline.wait_done()
-    assert proc.stop() == 0  # the report is written on the way out
+    pipeline.wait_done(len(trades) + 2)
+    pipeline.stop()
     final = latest_by_key(read_topic(settings, pipeline.candles), ("symbol", "window_start"))
     expected = plain_candles(trades) | plain_candles([beyond])
     assert_candles_equal(final, "BTCUSDT", expected)  # the too-late trade changed nothing
-    counters = pipeline.status()["counters"]
-    assert counters["late_trades"] == 1 and counters["bad_records"] == 3
-    assert "late trade BTCUSDT id %d" % too_late["a"] in proc.output()
-    reasons = sorted(dict(m.headers())["error.reason"].decode() for m in read_topic(settings, pipeline.dlq))
-    assert len(reasons) == 3
-    assert reasons[0].startswith("not JSON") and reasons[1] == "price None is not a JSON number"
-    assert reasons[2] == "qty -5.0 is not positive"
+    dead = read_topic(settings, pipeline.dlq)
+    reasons = sorted(dict(m.headers())["error.reason"].decode() for m in dead)
+    assert len(reasons) == 4
+    # The late trade is counted, not lost: in the dead-letter topic as it came, with why.
+    [late] = [m for m in dead if dict(m.headers())["error.reason"].startswith(b"late trade")]
+    assert json.loads(late.value())["agg_id"] == too_late["a"]
+    bad = [r for r in reasons if not r.startswith("late trade")]
+    assert bad[0].startswith("not JSON") and bad[1] == "price None is not a JSON number"
+    assert bad[2] == "qty -5.0 is not positive"
+    assert all(dict(m.headers())["error.component"] == b"stream" for m in dead)
     # Every valid trade, the too-late one included, goes on to the validated trades as it came.
     valid = read_topic(settings, pipeline.valid)
     assert sorted(json.loads(m.value())["agg_id"] for m in valid) == sorted(
         [t["a"] for t in trades] + [beyond["a"], too_late["a"]])
 
 
+def kill_flink(stack) -> None:
+    """kill -9 the JobManager and the TaskManager; their supervisors start them again."""
+    for name in ("flink-jobmanager", "flink-taskmanager"):
+        svc = stack.service(name)
+        target = worker_of(svc.pid(), svc.marker)
+        assert target is not None and target != svc.pid(), f"{name} is not running under its supervisor"
+        os.kill(target, signal.SIGKILL)
+    for name in ("flink-jobmanager", "flink-taskmanager"):
+        svc = stack.service(name)
+        wait_for(svc.is_up, 120, f"{name} back")
+
+
 def test_kill_9_mid_tape_keeps_candles_exact_and_alerts_unique(settings, stack, pipeline):
     trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"])["XRPETH"]
-    # Commits every 0.2 s: more transactions, so the kills land mid-transaction more often.
-    env = {"alert_move_pct": "0.4", "stream_commit_interval_s": "0.2"}
+    env = {"alert_move_pct": 0.4}
     for point in sorted(random.Random().sample(range(200, 2000), 2)):
-        proc = pipeline.start(**env)
+        pipeline.start(**env)
         wait_for(lambda: topic_size(settings, pipeline.candles) >= point, 120, f"{point} candle updates", 0.02)
-        proc.kill9()
-    proc = pipeline.start(**env)
-    pipeline.wait_done()
-    assert proc.stop() == 0
+        kill_flink(stack)
+    # As the stack's keeper does: the job is not running, so it starts from its newest checkpoint.
+    pipeline.start(**env)
+    pipeline.wait_done(len(trades))
+    pipeline.stop()
     msgs = read_topic(settings, pipeline.candles)
     # Exactly-once: each committed update of a window holds more trades than the one before it. An update
     # written again after a kill (what at-least-once leaves, and this catches it) would repeat a count.
