@@ -66,7 +66,12 @@ def raw_consume(settings, topic: str, n: int) -> float:
     return (n - start_seen) / elapsed
 
 
-def job_settings(settings, topic: str, workdir: Path):
+# One subtask per partition of the trades topic: what the engine can do on this machine (the stack's own job runs at
+# FLINK_PARALLELISM, 1 by default, next to it in the same cluster).
+PARALLELISM = 3
+
+
+def job_settings(settings, topic: str, workdir: Path, parallelism: int = 1):
     """The stream job on `topic` with outputs, group, job name and checkpoints of its own; running."""
     u = uuid.uuid4().hex[:6]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
@@ -77,7 +82,8 @@ def job_settings(settings, topic: str, workdir: Path):
     s = settings.model_copy(update={
         "aggtrades_topic": topic, "candles_topic": outs[0], "stats_topic": outs[1], "alerts_topic": outs[2],
         "trades_topic": outs[3], "dlq_topic_prefix": dlq_prefix, "stream_consumer_group": f"bench-stream-{u}",
-        "flink_job_name": f"bench-stream-{u}", "flink_idle_timeout_s": 2, "var_dir": workdir / f"var-{u}"})
+        "flink_job_name": f"bench-stream-{u}", "flink_idle_timeout_s": 2, "var_dir": workdir / f"var-{u}",
+        "flink_parallelism": parallelism})
     flink_deploy.ensure(s)
     flink_deploy.wait_running(s)
     return s
@@ -90,7 +96,7 @@ def written(consumer: Consumer, topic: str, partitions: int) -> int:
 def stream_rate(settings, topic: str, n: int, workdir: Path) -> tuple[float, float]:
     """(trades per second, Flink's memory in MiB at the end): every trade comes out on the validated trades topic,
     so its end offsets count what the job has processed; from the first 10% of the trades to the last."""
-    s = job_settings(settings, topic, workdir)
+    s = job_settings(settings, topic, workdir, PARALLELISM)
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"})
     try:
         while (done := written(probe, s.trades_topic, 3)) < WARMUP * n:
@@ -163,7 +169,7 @@ def run(workdir: Path) -> None:
     settings = get_settings()
     n, raw, rate, memory = measure(settings, quiet_trades(), workdir)
     record(stream_trades_per_s=round(rate), raw_consumer_trades_per_s=round(raw),
-           stream_vs_raw_consumer=round(rate / raw, 3), stream_bench_trades=n)
+           stream_vs_raw_consumer=round(rate / raw, 3), stream_bench_trades=n, stream_parallelism=PARALLELISM)
     n, raw, rate, memory = measure(settings, busy_trades(), workdir)
     record(stream_busy_trades_per_s=round(rate), raw_consumer_busy_trades_per_s=round(raw),
            stream_busy_vs_raw_consumer=round(rate / raw, 3), stream_busy_bench_trades=n,

@@ -26,18 +26,19 @@ CREATE TABLE alerts_out (
 );
 
 -- Checked on every change of a candle (03), in arrival order: an alert goes out with the first trade that breaks
--- its rule, and only that once (deduplicated on the id, first by arrival).
+-- its rule, and only that once (deduplicated on the id, first by arrival). Both rules in one pass over the running
+-- candles, unnested from one row per candle change (no state): a UNION of two filters would make Flink compute
+-- the running candles once more for each.
 CREATE VIEW broken_rules AS
-SELECT `symbol` || ':price_move:' || CAST(`minute_ms` AS STRING) AS `id`, `symbol`, 'price_move' AS `rule`,
-       `minute_ms`, range_pct(`high`, `low`, `open`) AS `value`,
-       CAST({{ move_case }} AS DECIMAL(38, 8)) AS `threshold`, `close`, `proc_time`
-FROM candles
-WHERE (`high` - `low`) * 100 >= {{ move_case }} * `open`
-UNION ALL
-SELECT `symbol` || ':volume_spike:' || CAST(`minute_ms` AS STRING), `symbol`, 'volume_spike', `minute_ms`,
-       CAST(`quote_volume` AS DECIMAL(38, 8)), CAST({{ volume_case }} AS DECIMAL(38, 8)), `close`, `proc_time`
-FROM candles
-WHERE `quote_volume` >= {{ volume_case }};
+SELECT `symbol` || ':' || r.`rule` || ':' || CAST(`minute_ms` AS STRING) AS `id`, `symbol`, r.`rule`, `minute_ms`,
+       r.`amount` AS `value`, r.`threshold`, `close`, `proc_time`
+FROM candles CROSS JOIN UNNEST(ARRAY[
+    ROW('price_move', range_pct(`high`, `low`, `open`), CAST({{ move_case }} AS DECIMAL(38, 8)),
+        (`high` - `low`) * 100 >= {{ move_case }} * `open`),
+    ROW('volume_spike', CAST(`quote_volume` AS DECIMAL(38, 8)), CAST({{ volume_case }} AS DECIMAL(38, 8)),
+        `quote_volume` >= {{ volume_case }})
+]) AS r(`rule`, `amount`, `threshold`, `broken`)
+WHERE r.`broken`;
 
 INSERT INTO alerts_out
 SELECT `id`, `id`, `symbol`, `rule`, `minute_ms`, `value`, `threshold`, `close`, UNIX_TIMESTAMP() * 1000

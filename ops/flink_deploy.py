@@ -3,6 +3,7 @@
     python -m ops.flink_deploy            start the job unless it runs; print a table of Flink's jobs
     python -m ops.flink_deploy --keep     the same every few seconds, for ever (the stack's `flink-job` keeper)
     python -m ops.flink_deploy --cancel   cancel the job (its checkpoints stay)
+    python -m ops.flink_deploy --fresh    start it without its checkpointed state (at the offsets it committed)
 
 The files are Jinja2 templates for the values that come from the settings (topics, grace period, alert thresholds
 per symbol); everything else is plain Flink SQL. SET, CREATE and the functions run in one gateway session; every
@@ -65,6 +66,7 @@ def values(settings: Settings) -> dict:
         "bootstrap": settings.kafka_bootstrap,
         "grace_s": int(settings.stream_grace_s),
         "idle_timeout_s": int(settings.flink_idle_timeout_s),
+        "parallelism": int(settings.flink_parallelism),
         "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
         "move_case": threshold_case(settings.alert_move_pct, settings.alert_move_pct_symbols),
         "volume_case": threshold_case(settings.alert_quote_volume, settings.alert_quote_volume_symbols),
@@ -165,17 +167,25 @@ def submit(settings: Settings, restore: Path | None) -> str:
         gateway.close()
 
 
-def ensure(settings: Settings, log=print) -> str:
-    """The job's id, started (from its newest checkpoint) if it was not running. One deployment at a time per job
-    (the keeper and `make deploy-flink` may look at once): both seeing no job must not start two."""
+def ensure(settings: Settings, log=print, fresh: bool = False) -> str:
+    """The job's id, started (from its newest checkpoint, unless `fresh`) if it was not running. One deployment at
+    a time per job (the keeper and `make deploy-flink` may look at once): both seeing no job must not start two."""
     checkpoint_dir(settings).mkdir(parents=True, exist_ok=True)
     with open(checkpoint_dir(settings) / ".deploy.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         job = running_job(settings)
         if job is not None:
             return job["jid"]
-        restore = newest_checkpoint(settings)
-        job_id = submit(settings, restore)
+        restore = None if fresh else newest_checkpoint(settings)
+        try:
+            job_id = submit(settings, restore)
+        except FlinkError as err:
+            if restore is None:
+                raise
+            # State a changed flink/*.sql cannot map. Without it the job still resumes at the offsets it committed
+            # to Kafka; only windows open at that checkpoint start again empty.
+            raise FlinkError(f"{err}; if flink/*.sql changed since {restore}, start the job without its state: "
+                             "make deploy-flink ARGS=--fresh") from None
     log(f"started {settings.flink_job_name} as job {job_id}" + (f", restored from {restore}" if restore else ""))
     return job_id
 
@@ -198,7 +208,9 @@ def cancel(settings: Settings) -> None:
 
 
 def table(settings: Settings) -> Table:
-    out = Table(title=f"Flink jobs on {settings.flink_url}")
+    keeper = read_status(settings, KEEPER) or {}
+    out = Table(title=f"Flink jobs on {settings.flink_url}", title_justify="left",
+                caption=f"keeper: {keeper['last_error']}" if keeper.get("last_error") else None)
     for col in ("job", "id", "state", "running for", "tasks"):
         out.add_column(col)
     for j in sorted(jobs(settings), key=lambda j: -j["start-time"]):
@@ -208,8 +220,7 @@ def table(settings: Settings) -> Table:
     return out
 
 
-def topics_exist(settings: Settings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+def topics_exist(settings: Settings, admin: AdminClient) -> bool:
     names = admin.list_topics(timeout=10).topics
     return all(t in names for t in (settings.aggtrades_topic, settings.trades_topic, settings.candles_topic,
                                     settings.stats_topic, settings.alerts_topic, settings.dlq_topic("stream")))
@@ -220,12 +231,13 @@ def keep(settings: Settings) -> None:
     processes and this resubmits the job from its newest checkpoint. Waits for the topics `make up` creates."""
     log = logging.getLogger("flink_job")
     log.info("keeping %s running on %s", settings.flink_job_name, settings.flink_url)
-    report = {"started": 0, "last_error": None, "job_id": None}
+    report = {"resubmitted": 0, "last_error": None, "job_id": None}
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})  # one client: librdkafka dislikes churn
     while True:
         try:
-            if topics_exist(settings):
+            if topics_exist(settings, admin):
                 job_id = ensure(settings, log.info)
-                report["started"] += job_id != report["job_id"] and report["job_id"] is not None
+                report["resubmitted"] += job_id != report["job_id"] and report["job_id"] is not None
                 report |= {"job_id": job_id, "last_error": None}
             else:
                 report["last_error"] = "waiting for the topics (make up creates them)"
@@ -259,7 +271,7 @@ def main(argv: list[str]) -> int:
         if "--cancel" in argv:
             cancel(settings)
         else:
-            ensure(settings)
+            ensure(settings, fresh="--fresh" in argv)
         Console().print(table(settings))
     except requests.RequestException as err:
         print(f"error: no Flink cluster answers at {settings.flink_url} ({err.__class__.__name__}): run `make up`.",
