@@ -28,17 +28,20 @@ CREATE TABLE aggtrades_raw (
 CREATE VIEW checked AS
 SELECT r.`k`, r.`v`, r.`ts`, r.`proc_time`, r.`src_topic`, r.`src_partition`, r.`src_offset`,
        c.`symbol`, c.`agg_id`, c.`price`, c.`qty`, c.`error`,
-       -- A trade is late when its minute has closed: the watermark is past the minute's end.
+       -- Late: its minute closed before it came (the watermark is past the minute's end), so the closed-window
+       -- outputs (5-minute statistics) go on without it.
        CURRENT_WATERMARK(r.`ts`) IS NOT NULL
            AND FLOOR(r.`ts` TO MINUTE) + INTERVAL '1' MINUTE <= CURRENT_WATERMARK(r.`ts`) AS `late`
 FROM aggtrades_raw AS r,
      LATERAL TABLE(check_trade(r.`k`, r.`v`)) AS c(`symbol`, `agg_id`, `price`, `qty`, `error`);
 
--- The valid trades that are on time, with what the windows need: the minute as epoch ms, and open/close keys
--- (the agg id, zero-padded, then the price) whose MIN and MAX are the first and last trade by id.
+-- Every valid trade, with what the windows need: the minute as epoch ms, and open/close keys (the agg id,
+-- zero-padded, then the price) whose MIN and MAX are the first and last trade by id. Late ones too: the running
+-- candles take a trade whenever it comes (a backfill of old trades into a topic that already carries live ones
+-- is all "late" to a watermark that follows the live ones), only the closed windows leave them out.
 CREATE VIEW trades AS
 SELECT `symbol`, `price`, `qty`, `ts`, `proc_time`,
        CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), `ts`) AS BIGINT) * 60000 AS `minute_ms`,
        LPAD(CAST(`agg_id` AS STRING), 19, '0') || CAST(`price` AS STRING) AS `id_price`
 FROM checked
-WHERE `error` IS NULL AND NOT `late`;
+WHERE `error` IS NULL;

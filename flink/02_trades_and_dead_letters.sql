@@ -1,6 +1,7 @@
 -- 02: every valid trade, late ones included, byte for byte with its key and timestamp into crypto.trades (what
--- the JDBC sink loads); every record that breaks the contract, and every late trade (counted, not lost), as
--- received into crypto.dlq.stream with the reason in its headers.
+-- the JDBC sink loads); every record that breaks the contract as received into crypto.dlq.stream with the reason in
+-- its headers, and a copy of every late trade there too: it is in its candle, but the 5-minute statistics closed
+-- without it, and this is where that is counted.
 CREATE TABLE trades_valid (
     `k` BYTES,
     `v` BYTES,
@@ -42,7 +43,8 @@ SELECT `k`, `v`, `ts` FROM checked WHERE `error` IS NULL;
 INSERT INTO dead_letters
 SELECT `k`, `v`, MAP[
     'error.reason', ENCODE(COALESCE(`error`,
-        'late trade: its minute closed ' || '{{ grace_s }}' || ' s of grace before it came'), 'UTF-8'),
+        'late trade: in its candle, but its minute closed (' || '{{ grace_s }}' || ' s of grace) before it came, '
+        || 'so the 5-minute statistics do not count it'), 'UTF-8'),
     'error.component', ENCODE('stream', 'UTF-8'),
     'error.topic', ENCODE(`src_topic`, 'UTF-8'),
     'error.partition', ENCODE(CAST(`src_partition` AS STRING), 'UTF-8'),
