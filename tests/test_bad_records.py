@@ -112,14 +112,20 @@ def flow(settings, stack, tmp_path_factory):
         env = {"AGGTRADES_TOPIC": f.trades, "TRADES_TOPIC": f.valid, "CANDLES_TOPIC": f.candles,
                "STATS_TOPIC": f.stats, "ALERTS_TOPIC": f.alerts, "DLQ_TOPIC_PREFIX": f.dlq_prefix,
                "STREAM_CONSUMER_GROUP": f.group, "REDIS_SINK_GROUP": f.group + "-redis", "VAR_DIR": str(tmp / "var")}
-        # The stream engine: the job of flink/*.sql under a name of its own, on the stack's Flink cluster.
+        # The stream engine: the job of flink/*.sql under a name of its own, on the stack's Flink cluster. The
+        # default idle timeout: a partition the reader has not reached within a short one would count as idle, the
+        # watermark would run ahead on the others, and its first trades would be late (copied to the DLQ).
         f.job = start_flink_job(settings, f"test-bad-{u}", aggtrades_topic=f.trades, trades_topic=f.valid,
                                 candles_topic=f.candles, stats_topic=f.stats, alerts_topic=f.alerts,
-                                dlq_topic_prefix=f.dlq_prefix, stream_consumer_group=f.group, var_dir=tmp / "var")
+                                dlq_topic_prefix=f.dlq_prefix, stream_consumer_group=f.group, var_dir=tmp / "var",
+                                flink_idle_timeout_s=settings.flink_idle_timeout_s)
         f.sink = Process("functions.redis_sink.sink", env, tmp / "redis-sink.log")
         f.procs.append(f.sink)
         wait_for(lambda: caught_up(settings, f.group, f.trades), 180, "the stream job to catch up", 0.5)
-        time.sleep(3 * settings.flink_checkpoint_interval_s)  # its outputs commit with the offsets' checkpoint
+        # Its outputs commit with the checkpoint that committed the offsets, a moment apart.
+        bad_trades = sum(1 for origin in f.sent_bad if origin[0] == f.trades)
+        wait_for(lambda: len(read_topic(settings, f.stream_dlq, 5)) >= bad_trades, 60, "the stream's dead letters", 1)
+        time.sleep(3 * settings.flink_checkpoint_interval_s)
         wait_for(lambda: caught_up(settings, f.group + "-redis", f.trades)
                  and caught_up(settings, f.group + "-redis", f.candles), 120, "the Redis sink to catch up", 0.5)
         yield f
