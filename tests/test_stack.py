@@ -16,7 +16,7 @@ from cryptopipe.settings import ROOT, Settings
 from ops.process import StackError, process_exists
 from ops.stack import NativeStack
 
-from .helpers import SECRETS, free_port
+from .helpers import SECRETS, free_port, wait_for
 
 
 def scratch_settings(tmp_path, **overrides) -> Settings:
@@ -24,7 +24,7 @@ def scratch_settings(tmp_path, **overrides) -> Settings:
     values = dict(
         var_dir=tmp_path / "var", logs_dir=tmp_path / "logs", pg_port=free_port(), redis_port=free_port(),
         kafka_port=free_port(), kafka_controller_port=free_port(), connect_port=free_port(), airflow_port=free_port(),
-        **SECRETS,
+        flink_port=free_port(), flink_gateway_port=free_port(), flink_rpc_port=free_port(), **SECRETS,
     )
     return Settings(_env_file=None, **(values | overrides))
 
@@ -32,7 +32,7 @@ def scratch_settings(tmp_path, **overrides) -> Settings:
 def scratch_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for field in ("var_dir", "logs_dir", "pg_port", "redis_port", "kafka_port", "kafka_controller_port", "connect_port",
-                  "airflow_port"):
+                  "airflow_port", "flink_port", "flink_gateway_port", "flink_rpc_port"):
         env[field.upper()] = str(getattr(settings, field))
     return env
 
@@ -119,4 +119,5 @@ def test_up_down_status_lifecycle(stack, settings, unique):
         msg = consumer.poll(1)
     consumer.close()
     assert msg is not None and msg.value() == b"survives"
-    assert make("status").returncode == 0
+    # Up, and healthy within a minute: the Flink job's keeper resubmits the job from its checkpoint after the start.
+    wait_for(lambda: make("status").returncode == 0, 90, "make status to report every part healthy", 5)
