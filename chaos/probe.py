@@ -45,7 +45,7 @@ class Probe:
             job = flink_deploy.running_job(self.s)
         except requests.RequestException:
             return "Flink's JobManager not answering"
-        if job is None or job["state"] != "RUNNING" or job["tasks"].get("running") != job["tasks"].get("total"):
+        if not flink_deploy.all_running(job):
             return f"Flink job {self.s.flink_job_name} {job['state'] if job else 'not running'}"
         for name in DATA_SERVICES:
             svc = self.stack.service(name)

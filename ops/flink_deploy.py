@@ -18,6 +18,7 @@ so it resumes exactly where its last checkpoint left it; nobody has to find or t
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import re
 import sys
@@ -133,7 +134,7 @@ class Gateway:
 def root_cause(text: str) -> str:
     """The innermost 'Caused by' of a gateway error, which names the real problem."""
     try:
-        text = "\n".join(requests.models.complexjson.loads(text).get("errors", [text]))
+        text = "\n".join(json.loads(text).get("errors", [text]))
     except ValueError:
         pass
     causes = re.findall(r"Caused by: ([^\n]+)", text)
@@ -190,12 +191,17 @@ def ensure(settings: Settings, log=print, fresh: bool = False) -> str:
     return job_id
 
 
+def all_running(job: dict | None) -> bool:
+    """The job runs with every task running (a restored job first deploys and restores its tasks)."""
+    return job is not None and job["state"] == "RUNNING" and job["tasks"].get("running") == job["tasks"].get("total")
+
+
 def wait_running(settings: Settings, timeout: float = 120) -> str:
-    """The job's id once it and all its tasks run (a restored job first deploys and restores its tasks)."""
+    """The job's id once it and all its tasks run."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = running_job(settings)
-        if job and job["state"] == "RUNNING" and job["tasks"].get("running") == job["tasks"].get("total"):
+        if all_running(job):
             return job["jid"]
         time.sleep(0.5)
     raise FlinkError(f"{settings.flink_job_name} is not running after {timeout:.0f} s; see logs/flink-*.log")
