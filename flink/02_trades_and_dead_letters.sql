@@ -1,3 +1,4 @@
+{% from 'kafka_sink.j2' import exactly_once with context %}
 -- 02: every valid trade, late ones included, byte for byte with its key and timestamp into crypto.trades (what
 -- the JDBC sink loads); every record that breaks the contract as received into crypto.dlq.stream with the reason in
 -- its headers, and a copy of every late trade there too: it is in its candle, but the 5-minute statistics closed
@@ -9,14 +10,11 @@ CREATE TABLE trades_valid (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{{ trades_topic }}',
-    'properties.bootstrap.servers' = '{{ bootstrap }}',
     'key.format' = 'raw',
     'key.fields' = 'k',
     'value.format' = 'raw',
     'value.fields-include' = 'EXCEPT_KEY',
-    'sink.delivery-guarantee' = 'exactly-once',
-    'sink.transactional-id-prefix' = '{{ job_name }}-trades',
-    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+    {{ exactly_once('trades') }}
 );
 
 CREATE TABLE dead_letters (
@@ -26,14 +24,11 @@ CREATE TABLE dead_letters (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{{ dlq_topic }}',
-    'properties.bootstrap.servers' = '{{ bootstrap }}',
     'key.format' = 'raw',
     'key.fields' = 'k',
     'value.format' = 'raw',
     'value.fields-include' = 'EXCEPT_KEY',
-    'sink.delivery-guarantee' = 'exactly-once',
-    'sink.transactional-id-prefix' = '{{ job_name }}-dlq',
-    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+    {{ exactly_once('dlq') }}
 );
 
 INSERT INTO trades_valid

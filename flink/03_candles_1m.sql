@@ -1,3 +1,4 @@
+{% from 'kafka_sink.j2' import exactly_once with context %}
 -- 03: 1-minute OHLCV candles per symbol into crypto.candles-1m as they change. Each trade updates the running
 -- candle of its minute (an OVER aggregate in arrival order: no waiting for the watermark); the sink keeps the
 -- newest version of each candle for a second and commits them per checkpoint. The JDBC sink upserts on (symbol,
@@ -38,16 +39,13 @@ CREATE TABLE candles_out (
 ) WITH (
     'connector' = 'upsert-kafka',
     'topic' = '{{ candles_topic }}',
-    'properties.bootstrap.servers' = '{{ bootstrap }}',
     'key.format' = 'raw',
     'value.format' = 'json',
     'value.json.encode.decimal-as-plain-number' = 'true',
     'value.fields-include' = 'EXCEPT_KEY',
     'sink.buffer-flush.max-rows' = '10000',
     'sink.buffer-flush.interval' = '1 s',
-    'sink.delivery-guarantee' = 'exactly-once',
-    'sink.transactional-id-prefix' = '{{ job_name }}-candles',
-    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+    {{ exactly_once('candles') }}
 );
 
 INSERT INTO candles_out

@@ -1,3 +1,4 @@
+{% from 'kafka_sink.j2' import exactly_once with context %}
 -- 05: 5-minute statistics advancing by 1 minute into crypto.stats-5m, one row per window when it closes, merged
 -- from its closed minutes: range in % of the open, and price dispersion (population standard deviation over the
 -- mean, in %) as the volatility measure, as ksql/03_stats_5m.sql has it.
@@ -17,15 +18,12 @@ CREATE TABLE stats_out (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{{ stats_topic }}',
-    'properties.bootstrap.servers' = '{{ bootstrap }}',
     'key.format' = 'raw',
     'key.fields' = 'symbol_key',
     'value.format' = 'json',
     'value.json.encode.decimal-as-plain-number' = 'true',
     'value.fields-include' = 'EXCEPT_KEY',
-    'sink.delivery-guarantee' = 'exactly-once',
-    'sink.transactional-id-prefix' = '{{ job_name }}-stats',
-    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+    {{ exactly_once('stats') }}
 );
 
 INSERT INTO stats_out

@@ -1,3 +1,4 @@
+{% from 'kafka_sink.j2' import exactly_once with context %}
 -- 06: alerts into crypto.alerts, keyed by a deterministic id (symbol:rule:window_start), each id written once. Rules, with per-symbol thresholds and defaults from the settings:
 --   price_move:   (high - low) / open * 100 >= move threshold, within one 1-minute window
 --   volume_spike: the window's quote volume >= volume threshold
@@ -14,15 +15,12 @@ CREATE TABLE alerts_out (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{{ alerts_topic }}',
-    'properties.bootstrap.servers' = '{{ bootstrap }}',
     'key.format' = 'raw',
     'key.fields' = 'alert_key',
     'value.format' = 'json',
     'value.json.encode.decimal-as-plain-number' = 'true',
     'value.fields-include' = 'EXCEPT_KEY',
-    'sink.delivery-guarantee' = 'exactly-once',
-    'sink.transactional-id-prefix' = '{{ job_name }}-alerts',
-    'properties.transaction.timeout.ms' = '{{ transaction_timeout_ms }}'
+    {{ exactly_once('alerts') }}
 );
 
 -- Checked on every change of a candle (03), in arrival order: an alert goes out with the first trade that breaks

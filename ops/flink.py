@@ -48,6 +48,8 @@ def config(settings: Settings) -> dict[str, str]:
         "execution.checkpointing.dir": (flink_dir / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (flink_dir / "savepoints").as_uri(),
         "io.tmp.dirs": str(flink_dir / "tmp" / "io"), "web.tmpdir": str(flink_dir / "tmp" / "web"),
+        # RocksDB's own LOG files (one per operator and job) default to Flink's log folder, i.e. logs/.
+        "state.backend.rocksdb.log.dir": str(flink_dir / "rocksdb-logs"),
     }
 
 
@@ -87,7 +89,7 @@ class FlinkService(JavaService):
         (self.conf_dir / "config.yaml").write_text(
             "# Written by ops.flink from stack/config/flink.yaml; edit that, not this.\n" + "\n".join(lines) + "\n")
         shutil.copy(CONFIG_DIR / "flink-log4j.properties", self.conf_dir / "log4j.properties")
-        for sub in ("checkpoints", "savepoints", "tmp/io", "tmp/web"):
+        for sub in ("checkpoints", "savepoints", "tmp/io", "tmp/web", "rocksdb-logs"):
             (self.s.var_dir / "flink" / sub).mkdir(parents=True, exist_ok=True)
 
     def memory_args(self) -> tuple[list[str], list[str]]:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import requests
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from rich.console import Console
 from rich.table import Table
 
@@ -76,11 +76,12 @@ def values(settings: Settings) -> dict:
 
 def render(settings: Settings) -> tuple[list[str], list[str]]:
     """(SET/CREATE statements, INSERT statements) of flink/*.sql, in file order."""
-    env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = Environment(loader=FileSystemLoader(FLINK_DIR), undefined=StrictUndefined, autoescape=False,
+                      keep_trailing_newline=True)
     given = values(settings)
     setup, inserts = [], []
     for path in sorted(FLINK_DIR.glob("*.sql")):
-        for statement in split_statements(env.from_string(path.read_text()).render(given)):
+        for statement in split_statements(env.get_template(path.name).render(given)):
             (inserts if statement.lstrip().upper().startswith("INSERT") else setup).append(statement)
     return setup, inserts
 

@@ -18,7 +18,9 @@ import org.apache.flink.types.Row;
  * order and with the same reasons: one row per record, with the trade's fields, or with only `error` set.
  *
  * <p>A table function rather than a scalar one returning a ROW: the planner may call a scalar function once per
- * field read from its result; a lateral table is evaluated once per record, so each record is parsed once.
+ * field read from its result; a lateral table is evaluated once per record and INSERT. (Not once per record: the
+ * job's five INSERTs do not share the lateral join, each expands the view with its own correlation id, so a record
+ * is parsed five times. Measured: parsing once less often changed the job's rate by ~4%; the windows cost more.)
  */
 @FunctionHint(output = @DataTypeHint(
         "ROW<symbol STRING, agg_id BIGINT, price DECIMAL(18, 8), qty DECIMAL(18, 8), error STRING>"))
