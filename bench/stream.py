@@ -84,8 +84,7 @@ def job_settings(settings, topic: str, workdir: Path, parallelism: int = 1):
         "trades_topic": outs[3], "dlq_topic_prefix": dlq_prefix, "stream_consumer_group": f"bench-stream-{u}",
         "flink_job_name": f"bench-stream-{u}", "flink_idle_timeout_s": 2, "var_dir": workdir / f"var-{u}",
         "flink_parallelism": parallelism})
-    flink_deploy.ensure(s)
-    flink_deploy.wait_running(s)
+    flink_deploy.ensure_running(s)
     return s
 
 

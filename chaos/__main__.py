@@ -87,8 +87,7 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
            "ALERT_WEBHOOK_URL": receiver.url}
     functions_ctl.start(settings, "replay", ["--tape", str(work / "tape"), "--port", str(settings.replay_port),
                                             "--speed", "1"])
-    flink_deploy.ensure(settings, log)  # the stack's keeper starts it as well; this one waits for it
-    flink_deploy.wait_running(settings)
+    flink_deploy.ensure_running(settings, log)  # the stack's keeper starts it as well; this one waits for it
     for name in ("redis-sink", "alert-notifier", "source"):
         functions_ctl.start(settings, name, env=env)
     tape_end = time.monotonic() + minutes * 60 + 5

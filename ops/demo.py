@@ -54,8 +54,7 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
         return 1
     ksql_deploy.deploy(settings, out=console.print)
     # The stream engine: Flink's job (the stack's keeper starts it too; this waits until its tasks run).
-    flink_deploy.ensure(settings, console.print)
-    flink_deploy.wait_running(settings)
+    flink_deploy.ensure_running(settings, console.print)
 
     if port_open("127.0.0.1", settings.replay_port):
         console.print(f"[red]error: port {settings.replay_port} for the replay server is in use; "

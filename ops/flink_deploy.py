@@ -208,6 +208,12 @@ def wait_running(settings: Settings, timeout: float = 120) -> str:
     raise FlinkError(f"{settings.flink_job_name} is not running after {timeout:.0f} s; see logs/flink-*.log")
 
 
+def ensure_running(settings: Settings, log=print) -> str:
+    """The job's id once it runs with all its tasks, started first if it was not running."""
+    ensure(settings, log)
+    return wait_running(settings)
+
+
 def cancel(settings: Settings) -> None:
     job = running_job(settings)
     if job is not None:

@@ -198,6 +198,5 @@ def start_flink_job(settings, name: str, **update):
     transactional ids), consumer group and topics of a test's own: the settings copy it runs with, once its tasks
     run. An empty partition holds the windows back for 2 s only."""
     s = settings.model_copy(update={"flink_job_name": name, "flink_idle_timeout_s": 2, **update})
-    flink_deploy.ensure(s)
-    flink_deploy.wait_running(s)
+    flink_deploy.ensure_running(s)
     return s
