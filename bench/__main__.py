@@ -13,6 +13,8 @@ def main() -> None:
         print("Binance source")
         source.throughput(Path(tmp))
         source.symbols_under_lag(Path(tmp))
+        source.ws_throughput(Path(tmp))
+        source.ws_symbols_under_lag(Path(tmp))
         print("Stream function")
         stream.run(Path(tmp))
         print("Sinks")

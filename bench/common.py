@@ -48,10 +48,11 @@ class ReplayProcess:
     """The replay server in its own process, as in `make demo`, so it does not share the GIL."""
 
     def __init__(self, tape_dir: Path, *args: str):
-        self.port = free_port()
+        self.port, self.ws_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "replay.server", "--tape", str(tape_dir),
-                                      "--port", str(self.port), *args],
+                                      "--port", str(self.port), "--ws-port", str(self.ws_port), *args],
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

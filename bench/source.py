@@ -1,4 +1,5 @@
-"""Benchmarks of the Binance source: throughput against a bare producer, and symbols kept under 2 s lag."""
+"""Benchmarks of the Binance source: throughput against a bare producer, and symbols kept under 2 s lag
+(REST) or 1 s lag (WebSocket)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import requests
 from confluent_kafka.admin import AdminClient
 
-from bench.common import ReplayProcess, copies_of, fresh_topic, produce_all, record
+from bench.common import RESULTS, TAPES, ReplayProcess, copies_of, fresh_topic, produce_all, record
 from cryptopipe.settings import get_settings
+from functions.binance_source.live import StreamSource
 from functions.binance_source.source import BinanceSource
 from functions.binance_source.trades import trade_value
 
@@ -127,3 +129,110 @@ def symbols_under_lag(workdir: Path) -> None:
         else:
             break
     record(source_symbols_under_2s_lag=best, source_lag_worst_s_by_symbols=results)
+
+
+def ws_throughput(workdir: Path) -> None:
+    """The WebSocket mode's rate on 16 busy streams, against the bare producer measured by `throughput`.
+
+    The tapes play in about a second once the clock starts, faster than any source takes them, so the
+    source is what sets the pace: the replay holds back what the source's socket cannot take yet."""
+    settings = get_settings()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    names = [f"XRPETH{c}" for c in "ABCDEFGHIJKLMNOP"]
+    tape_dir = copies_of("xrpeth_aggtrades_20191011-13.json", names, workdir / "tp")
+    trades = json.loads((tape_dir / f"{names[0]}_aggtrades.json").read_text())
+    total = len(trades) * len(names)
+    span_s = (trades[-1]["T"] - trades[0]["T"]) / 1000
+    # The clock waits while the source connects and subscribes, then every trade arrives on the streams.
+    replay = ReplayProcess(tape_dir, "--speed", str(span_s), "--delay-s", "6")
+    try:
+        s = settings.model_copy(update={
+            "binance_base_url": replay.url, "binance_ws_url": replay.ws_url, "binance_source_mode": "websocket",
+            "binance_symbols": ",".join(names), "binance_start_time": "",
+            "aggtrades_topic": fresh_topic(admin, "ws"), "var_dir": workdir / "var", "source_status_interval_s": 60.0,
+        })
+        source = StreamSource(s)
+        thread = threading.Thread(target=source.run)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while source.counters["trades_produced"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        start = time.perf_counter()
+        first = source.counters["trades_produced"]
+        while source.counters["trades_produced"] < total and time.monotonic() < deadline:
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        produced, via_stream = source.counters["trades_produced"], source.counters["stream_trades"]
+        source.stop()
+        thread.join(30)
+    finally:
+        replay.stop()
+    if produced < total:
+        raise RuntimeError(f"the WebSocket source produced {produced} of {total} trades in 120 s")
+    raw_rate = json.loads(RESULTS.read_text())["raw_producer_trades_per_s"]
+    rate = (total - first) / elapsed
+    record(source_ws_trades_per_s=round(rate), source_ws_vs_raw_producer=round(rate / raw_rate, 3),
+           source_ws_stream_share=round(via_stream / total, 3))
+
+
+def ws_lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: float = 6.0) -> float:
+    """p99 over time and symbols of the lag (as in `lag_run`) with n symbols streamed at live speed."""
+    settings = get_settings()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    tapes = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
+    folder = workdir / f"wslag{n_symbols}"
+    names = [f"{tapes[i % 3][:3].upper()}{i:04d}USDT" for i in range(n_symbols)]
+    for i, name in enumerate(names):
+        copies_of(tapes[i % 3], [name], folder)
+    raw = {t: [(x["a"], x["T"]) for x in json.loads((TAPES / t).read_text())] for t in tapes}
+    replay = ReplayProcess(folder, "--speed", "1", "--shift-to-now")
+    samples: list[float] = []
+    try:
+        offset_ms = time.time() * 1000 - replay.stats()["now_ms"]  # wall clock minus tape clock
+        served = requests.get(f"{replay.url}/api/v3/aggTrades", timeout=5,
+                              params={"symbol": names[0], "fromId": raw[tapes[0]][0][0], "limit": 1}).json()
+        shift_ms = served[0]["T"] - raw[tapes[0]][0][1]  # the server moved the tape to the present
+        trades = {n: [(a, t + shift_ms) for a, t in raw[tapes[i % 3]]] for i, n in enumerate(names)}
+        s = settings.model_copy(update={
+            "binance_base_url": replay.url, "binance_ws_url": replay.ws_url, "binance_source_mode": "websocket",
+            "binance_symbols": ",".join(names), "binance_start_time": "",
+            "aggtrades_topic": fresh_topic(admin, "wslag"), "var_dir": workdir / "var",
+            "source_status_interval_s": 60.0,
+        })
+        source = StreamSource(s)
+        thread = threading.Thread(target=source.run)
+        thread.start()
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            time.sleep(0.1)
+            if time.monotonic() - start < warmup:
+                continue
+            tape_now = time.time() * 1000 - offset_ms
+            for name, state in list(source.states.items()):
+                lag = 0.0
+                if state.cursor is not None:
+                    idx = max(0, state.cursor - trades[name][0][0])
+                    if idx < len(trades[name]) and trades[name][idx][1] <= tape_now:
+                        lag = (tape_now - trades[name][idx][1]) / 1000
+                elif state.mode != "live":
+                    lag = (time.monotonic() - start)  # not even subscribed yet
+                samples.append(lag)
+        source.stop()
+        thread.join(30)
+    finally:
+        replay.stop()
+    samples.sort()
+    return samples[int(0.99 * (len(samples) - 1))] if samples else float("inf")
+
+
+def ws_symbols_under_lag(workdir: Path) -> None:
+    best, results = 0, {}
+    for n in (100, 200, 400, 800):
+        p99 = ws_lag_run(workdir, n)
+        results[n] = round(p99, 3)
+        print(f"    {n} streams: p99 lag {p99:.3f} s")
+        if p99 <= 1.0:
+            best = n
+        else:
+            break
+    record(source_ws_symbols_under_1s_lag=best, source_ws_lag_p99_s_by_symbols=results)

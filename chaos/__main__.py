@@ -64,8 +64,9 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
         raise SystemExit(f"error: the native stack is not up ({', '.join(down)}): run `make up` first")
     if any(functions_ctl.running_pid(settings, name) for name in (*FUNCTIONS, "replay")):
         raise SystemExit("error: pipeline functions are running (make status); `make stop` them first")
-    if port_open("127.0.0.1", settings.replay_port):
-        raise SystemExit(f"error: port {settings.replay_port} for the replay server is in use; set REPLAY_PORT")
+    for port, var in ((settings.replay_port, "REPLAY_PORT"), (settings.replay_ws_port, "REPLAY_WS_PORT")):
+        if port_open("127.0.0.1", port):
+            raise SystemExit(f"error: port {port} for the replay server is in use; set {var}")
     rng = random.Random(seed)
     # Symbols new to the stack on every run (a seed repeats the faults, not the data: the source would
     # resume after a previous run's trades of the same symbols).
@@ -83,10 +84,12 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
     receiver = Receiver()
     start_offsets = check.dlq_ends(settings)
     url = f"http://127.0.0.1:{settings.replay_port}"
-    env = {"BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0",
+    # The source in its live mode: WebSocket streams, REST backfill at every seam the faults open.
+    env = {"BINANCE_BASE_URL": url, "BINANCE_WS_URL": f"ws://127.0.0.1:{settings.replay_ws_port}",
+           "BINANCE_SOURCE_MODE": "websocket", "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0",
            "ALERT_WEBHOOK_URL": receiver.url}
     functions_ctl.start(settings, "replay", ["--tape", str(work / "tape"), "--port", str(settings.replay_port),
-                                            "--speed", "1"])
+                                            "--ws-port", str(settings.replay_ws_port), "--speed", "1"])
     flink_deploy.ensure_running(settings, log)  # the stack's keeper starts it as well; this one waits for it
     for name in ("redis-sink", "alert-notifier", "source"):
         functions_ctl.start(settings, name, env=env)

@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     source_min_poll_interval_s: float = Field(default=0.1, ge=0)
     source_max_poll_interval_s: Seconds = 5.0
     source_status_interval_s: Seconds = 5.0
+    # websocket: live trades from Binance's aggTrade streams, REST only to backfill at start and at every seam;
+    # rest: poll aggTrades per symbol (weight 4 a request, so a few dozen symbols at most stay live).
+    binance_source_mode: Literal["websocket", "rest"] = "websocket"
+    binance_ws_url: str = Field(default="wss://stream.binance.com:9443", pattern=r"^wss?://\S+$")
+    # Binance allows 1024 streams per connection and 300 new connections per 5 minutes per IP.
+    source_ws_streams_per_connection: int = Field(default=1024, ge=1, le=1024)
+    source_ws_connections_per_5min: int = Field(default=240, ge=1, le=300)
+    # A stream without an event this long is checked against REST; resubscribed when REST has newer trades.
+    source_ws_silence_s: Seconds = 60.0
 
     # The stream job (flink/*.sql on Flink natively, ksql/*.sql on ksqlDB in docker-compose): the consumer group
     # Flink commits its offsets under (for lag), and the grace period, the watermark's delay.
@@ -154,6 +163,9 @@ class Settings(BaseSettings):
     replay_speed: float = Field(default=0.0, ge=0)
     replay_shift_minutes: int = 0
     replay_weight_limit: int = Field(default=6000, gt=0)
+    replay_ws_port: Port = 8901
+    # Binance closes every stream connection after 24 hours; shorter here to exercise the reconnect.
+    replay_ws_lifetime_s: Seconds = 86400.0
 
     # make demo: how long to wait for the pipeline to catch up with the tape.
     demo_timeout_s: Seconds = 600.0

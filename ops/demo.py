@@ -56,15 +56,16 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
     # The stream engine: Flink's job (the stack's keeper starts it too; this waits until its tasks run).
     flink_deploy.ensure_running(settings, console.print)
 
-    if port_open("127.0.0.1", settings.replay_port):
-        console.print(f"[red]error: port {settings.replay_port} for the replay server is in use; "
-                      "set REPLAY_PORT in .env[/red]")
-        return 1
+    for port, var in ((settings.replay_port, "REPLAY_PORT"), (settings.replay_ws_port, "REPLAY_WS_PORT")):
+        if port_open("127.0.0.1", port):
+            console.print(f"[red]error: port {port} for the replay server is in use; set {var} in .env[/red]")
+            return 1
     url = f"http://127.0.0.1:{settings.replay_port}"
     names = ("replay", "redis-sink", "alert-notifier", "source")
     try:
         functions_ctl.start(settings, "replay", ["--tape", str(tape_dir), "--port", str(settings.replay_port),
-                                                 "--speed", "0", "--shift-to-now"])
+                                                 "--ws-port", str(settings.replay_ws_port), "--speed", "0",
+                                                 "--shift-to-now"])
         deadline = time.monotonic() + 30
         while not port_open("127.0.0.1", settings.replay_port):
             check_alive(settings, ["replay"])
@@ -73,8 +74,11 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
             time.sleep(0.2)
         functions_ctl.start(settings, "redis-sink")
         functions_ctl.start(settings, "alert-notifier")
+        # The WebSocket mode, as live: the whole tape has happened already (speed 0), so it all comes from
+        # the REST backfill, and then the streams are live.
         functions_ctl.start(settings, "source", env={
-            "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0"})
+            "BINANCE_BASE_URL": url, "BINANCE_WS_URL": f"ws://127.0.0.1:{settings.replay_ws_port}",
+            "BINANCE_SYMBOLS": ",".join(symbols), "BINANCE_START_TIME": "0"})
         ok = follow(settings, tapes, symbols, total, lambda: check_alive(settings, names), console)
     finally:
         for name in reversed(names):

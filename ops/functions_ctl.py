@@ -21,7 +21,7 @@ from ops import supervise
 from ops.process import pid_from_file, process_exists, spawn, terminate
 
 MODULES = {
-    "source": "functions.binance_source.source",
+    "source": "functions.binance_source",
     "redis-sink": "functions.redis_sink.sink",
     "alert-notifier": "functions.alert_notifier.notifier",
     "replay": "replay.server",

@@ -225,14 +225,19 @@ def source_table(stack: NativeStack) -> Table | None:
     if report is None:
         return None
     age = time.time() - report["updated_at"] / 1000
-    table = Table(title=f"Binance source ({report['base_url']}, report {age:.0f} s old, weight "
+    mode = report.get("mode", "rest")
+    via = f"streams {report['ws_url']}, REST {report['base_url']}" if mode == "websocket" else report["base_url"]
+    table = Table(title=f"Binance source, {mode} mode ({via}, report {age:.0f} s old, weight "
                         f"{report['weight_used']}/{report['weight_budget']} of limit {report['weight_limit']})",
                   title_justify="left")
-    for col in ("symbol", "produced", "trades/s", "lag", "next id"):
-        table.add_column(col, justify="left" if col == "symbol" else "right")
+    for col in ("symbol", "mode", "produced", "trades/s", "lag", "next id", "last seam", "reconnects"):
+        table.add_column(col, justify="left" if col in ("symbol", "mode", "last seam") else "right")
     for symbol, v in sorted(report["symbols"].items()):
         lag = f"{v['lag_ms'] / 1000:,.1f} s" if v["lag_ms"] is not None else "-"
-        table.add_row(symbol, f"{v['produced']:,}", f"{v['rate_per_s']:,.1f}", lag, str(v["cursor"]))
+        seam = v.get("seam")
+        seam_text = (f"at id {seam['agg_id']}: {seam['backfilled']:,} from REST ({seam['reason']})" if seam else "-")
+        table.add_row(symbol, v.get("mode", "poll"), f"{v['produced']:,}", f"{v['rate_per_s']:,.1f}", lag,
+                      str(v["cursor"]), seam_text, str(v.get("reconnects", "-")))
     problems = {k: n for k, n in report["counters"].items() if k != "trades_produced"}
     if problems:
         table.caption = "counters: " + ", ".join(f"{k} {n}" for k, n in sorted(problems.items()))

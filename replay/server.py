@@ -5,9 +5,11 @@ errors and request-weight accounting (X-MBX-USED-WEIGHT-1M, 429 with Retry-After
 keeps going), releases trades as if live at a chosen speed, and injects faults on request for tests:
 
     POST /_replay/faults  {"kind": "503", "count": 2, "symbol": "BTCUSDT"}   (kinds: see FAULT_KINDS)
-    GET  /_replay/stats   requests, weights, 429s and 418s seen
+    GET  /_replay/stats   requests, weights, 429s and 418s seen, and the streams' counters
 
-    replay-server --tape data/binance --port 8900 --speed 0      (0: as fast as possible)
+Binance's WebSocket streams (replay/ws.py) run beside it on --ws-port, on the same clock, tapes and faults.
+
+    replay-server --tape data/binance --port 8900 --ws-port 8901 --speed 0      (0: as fast as possible)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import threading
 import time
 from collections import deque
@@ -26,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from cryptopipe.logs import setup_logging
 from cryptopipe.settings import load_settings
 from replay.tape import INTERVAL_MS, SymbolTape, load_tapes
+from replay.ws import WS_FAULT_KINDS, WS_MALFORMED_VARIANTS, start_ws_in_thread
 
 log = logging.getLogger("replay")
 
@@ -33,7 +37,7 @@ EXCHANGE_INFO_FILE = Path(__file__).resolve().parent.parent / "data" / "binance"
 WEIGHTS = {"/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20, "/api/v3/aggTrades": 4,
            "/api/v3/klines": 2, "/api/v3/ticker/price": 2}
 FAULT_KINDS = ("500", "502", "503", "504", "429", "418", "slow", "timeout", "malformed", "wrong_type",
-               "bad_items", "hole", "backwards")
+               "bad_items", "hole", "backwards") + WS_FAULT_KINDS
 
 
 class BinanceError(Exception):
@@ -60,7 +64,7 @@ class Fault:
     symbol: str | None = None
     delay_s: float = 0.0
     retry_after_s: int = 2
-    variant: str = "bad_price"  # bad_items: bad_price, missing_time or string_id
+    variant: str = "bad_price"  # bad_items: bad_price, missing_time or string_id; ws_malformed: bad_price or not_json
 
 
 @dataclass
@@ -121,17 +125,18 @@ class Replay:
     """The replay's state: tapes, clock, weights, faults and a log of requests for tests."""
 
     def __init__(self, tapes: dict[str, SymbolTape], speed: float = 0.0, weight_limit: int = 6000,
-                 window_s: float = 60.0, ban_s: float = 120.0, start_ms: int | None = None):
+                 window_s: float = 60.0, ban_s: float = 120.0, start_ms: int | None = None, delay_s: float = 0.0):
         self.tapes = tapes
         self.speed = speed
         self.limiter = WeightLimiter(limit=weight_limit, window_s=window_s, ban_s=ban_s)
         self.tape_start = start_ms if start_ms is not None else min(t.times[0] for t in tapes.values())
         self.tape_end = max(t.times[-1] for t in tapes.values())
-        self.wall_start = time.time()
+        self.wall_start = time.time() + delay_s  # until then no trade has happened yet
         self.faults: list[Fault] = []
         self.fault_lock = threading.Lock()
         self.requests: deque[tuple[float, str, int, str]] = deque(maxlen=200_000)
         self.exchange_info = self._exchange_info()
+        self.ws = None  # the WebSocket streams' server (replay.ws.WsServer), when one serves this replay
 
     def now_ms(self) -> int:
         """Tape time: everything when speed is 0, else the tape start plus elapsed time times speed."""
@@ -154,7 +159,7 @@ class Replay:
             return None
         with self.fault_lock:
             for fault in self.faults:
-                if fault.symbol in (None, symbol):
+                if fault.symbol in (None, symbol) and fault.kind not in WS_FAULT_KINDS:
                     fault.count -= 1
                     if fault.count <= 0:
                         self.faults.remove(fault)
@@ -167,6 +172,7 @@ class Replay:
             "requests": len(self.requests), "weight_limit": lim.limit, "window_s": lim.window_s,
             "max_used_weight": lim.max_used, "count_429": lim.count_429, "count_418": lim.count_418,
             "faults_pending": len(self.faults), "now_ms": self.now_ms(),
+            "ws": self.ws.stats() if self.ws is not None else None,
             "log": [list(r) for r in self.requests],
         }
 
@@ -217,6 +223,8 @@ class Handler(BaseHTTPRequestHandler):
             for f in faults:
                 if f.kind not in FAULT_KINDS:
                     return self.send_error_json(400, -1, f"unknown fault kind {f.kind}", None)
+                if f.kind == "ws_malformed" and f.variant not in WS_MALFORMED_VARIANTS:
+                    return self.send_error_json(400, -1, f"unknown ws_malformed variant {f.variant}", None)
             with self.replay.fault_lock:
                 self.replay.faults.extend(faults)
             return self.send(200, b'{"ok":true}', None)
@@ -417,6 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-limit", type=int, default=s.replay_weight_limit)
     parser.add_argument("--window-s", type=float, default=60.0, help="weight window length (Binance: 60)")
     parser.add_argument("--ban-s", type=float, default=120.0, help="first ban length after ignoring a 429")
+    parser.add_argument("--ws-port", type=int, default=s.replay_ws_port, help="the WebSocket streams' port")
+    parser.add_argument("--delay-s", type=float, default=0.0,
+                        help="with --speed > 0: the clock starts this many seconds after the server (time to subscribe)")
+    parser.add_argument("--ws-lifetime-s", type=float, default=s.replay_ws_lifetime_s,
+                        help="close every stream connection after this long (Binance: 24 h)")
+    parser.add_argument("--ws-ping-s", type=float, default=20.0, help="ping interval (Binance: 20)")
+    parser.add_argument("--ws-pong-timeout-s", type=float, default=60.0,
+                        help="close a connection that sends no pong this long (Binance: 60)")
+    parser.add_argument("--ws-conn-limit", type=int, default=300,
+                        help="connection attempts per window, then HTTP 429 (Binance: 300)")
+    parser.add_argument("--ws-conn-window-s", type=float, default=300.0, help="(Binance: 5 minutes)")
+    parser.add_argument("--ws-msg-rate", type=int, default=5,
+                        help="incoming messages a second per connection, then close 1008 (Binance: 5)")
     args = parser.parse_args(argv)
     setup_logging(s)
     shift = args.shift_minutes
@@ -424,15 +445,37 @@ def main(argv: list[str] | None = None) -> int:
         raw = load_tapes(args.tape)
         shift = shift_to_now(raw, live=True) if args.speed > 0 else shift_each_to_now(raw)
     tapes = load_tapes(args.tape, shift)
-    replay = Replay(tapes, speed=args.speed, weight_limit=args.weight_limit, window_s=args.window_s, ban_s=args.ban_s)
-    server = make_server(replay, args.host, args.port)
-    log.info("replaying %s (%s trades) on http://%s:%d at speed %s, shift %s min",
+    replay = Replay(tapes, speed=args.speed, weight_limit=args.weight_limit, window_s=args.window_s, ban_s=args.ban_s,
+                    delay_s=args.delay_s)
+    try:
+        server = make_server(replay, args.host, args.port)
+    except OSError as err:
+        raise SystemExit(f"error: cannot serve REST on {args.host}:{args.port} ({err.strerror}); "
+                         "set REPLAY_PORT in .env or pass --port") from None
+    try:
+        ws, ws_url = start_ws_in_thread(replay, args.host, args.ws_port, lifetime_s=args.ws_lifetime_s,
+                                        ping_s=args.ws_ping_s, pong_timeout_s=args.ws_pong_timeout_s,
+                                        conn_limit=args.ws_conn_limit, conn_window_s=args.ws_conn_window_s,
+                                        msg_rate=args.ws_msg_rate)
+    except OSError as err:
+        server.server_close()
+        raise SystemExit(f"error: cannot serve the streams on {args.host}:{args.ws_port} ({err.strerror}); "
+                         "set REPLAY_WS_PORT in .env or pass --ws-port") from None
+    log.info("replaying %s (%s trades) on http://%s:%d at speed %s, shift %s min; streams on %s",
              ", ".join(tapes), f"{sum(len(t.ids) for t in tapes.values()):,}", args.host, args.port,
-             args.speed or "max", shift)
+             args.speed or "max", shift, ws_url)
+
+    def interrupt(*_args) -> None:
+        raise KeyboardInterrupt  # SIGTERM ends serve_forever as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        ws.stop()
+        server.server_close()
     return 0
 
 

@@ -17,11 +17,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.tape import candles as plain_candles  # noqa: F401  (1-minute candles the plain way)
 from cryptopipe.settings import ROOT
+from functions.binance_source.resume import partition_for
 from ops import flink_deploy
 
 TAPES = ROOT / "data" / "binance"
 # The symbols of the bundled tapes, which `make demo` loads.
 TAPE_SYMBOLS = ["BTCUSDT", "DOTUSDT", "ETHUSDT", "XRPETH"]
+SHORT_TAPES = {"BTCUSDT": "btcusdt_aggtrades_20210404.json", "ETHUSDT": "ethusdt_aggtrades_20210404.json",
+               "DOTUSDT": "dotusdt_aggtrades_20210404.json"}
+XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
 
 # The secrets a Settings needs, for tests that build one without .env.
 SECRETS = {"pg_writer_password": "w", "pg_reader_password": "r", "airflow_admin_password": "a",
@@ -200,3 +204,24 @@ def start_flink_job(settings, name: str, **update):
     s = settings.model_copy(update={"flink_job_name": name, "flink_idle_timeout_s": 2, **update})
     flink_deploy.ensure_running(s)
     return s
+
+
+def assert_exactly_the_tapes(settings, topic: str, expected: dict[str, list[dict]]) -> None:
+    """The topic holds each tape trade once, in id order per symbol, with exact values and event times."""
+    by_symbol: dict[str, list] = {}
+    partitions = 3
+    for msg in read_topic(settings, topic):
+        by_symbol.setdefault(msg.key().decode(), []).append(msg)
+    assert set(by_symbol) == set(expected)
+    for symbol, trades in expected.items():
+        msgs = by_symbol[symbol]
+        ids = [json.loads(m.value())["agg_id"] for m in msgs]
+        assert len(ids) == len(set(ids)), f"{symbol}: duplicates"
+        assert ids == [t["a"] for t in trades], f"{symbol}: missing or out-of-order trades"
+        for msg, t in zip(msgs, trades):
+            value = json.loads(msg.value(), parse_float=str, parse_int=str)
+            assert (value["price"], value["qty"]) == (t["p"], t["q"])  # exact digits, no float rounding
+            assert (int(value["first_trade_id"]), int(value["last_trade_id"])) == (t["f"], t["l"])
+            assert int(value["trade_time"]) == t["T"] and msg.timestamp()[1] == t["T"]
+            assert value["is_buyer_maker"] is t["m"] and value["symbol"] == symbol
+            assert msg.partition() == partition_for(symbol, partitions)

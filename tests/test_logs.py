@@ -58,7 +58,7 @@ def test_a_background_function_writes_its_own_log_file(stack, settings):
     port = free_port()
     log = settings.logs_dir / "replay.log"
     size_before = log.stat().st_size if log.exists() else 0
-    env = {**os.environ, "REPLAY_PORT": str(port)}
+    env = {**os.environ, "REPLAY_PORT": str(port), "REPLAY_WS_PORT": str(free_port())}
     started = subprocess.run(["make", "start", "FN=replay"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=60)
     try:

@@ -121,7 +121,7 @@ def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings,
     processes.append(sink)
     # Slow answers keep trades flowing for about two minutes, across all three faults.
     requests.post(f"{world['url']}/_replay/faults", json={"kind": "slow", "delay_s": 1.0, "count": 10**6}, timeout=5)
-    source = Process("functions.binance_source.source", env | {
+    source = Process("functions.binance_source", env | {
         "BINANCE_BASE_URL": world["url"], "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
         "BINANCE_PAGE_LIMIT": "25"}, tmp_path / "source.log")
     processes.append(source)

@@ -3,98 +3,16 @@ per symbol, through restarts, rate limits and bad answers."""
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 
-import pytest
 import requests
 from confluent_kafka import Producer
 
 from chaos.malformed import records, trade
-from functions.binance_source.resume import newest_agg_ids, partition_for
-from replay.server import Replay, start_in_thread
-from replay.tape import load_tapes
+from functions.binance_source.resume import newest_agg_ids
 
-from .helpers import (TAPES, Process, create_topics, delete_topics, kill_running, read_topic, tape, topic_size,
-                      wait_for)
-
-SHORT_TAPES = {"BTCUSDT": "btcusdt_aggtrades_20210404.json", "ETHUSDT": "ethusdt_aggtrades_20210404.json",
-               "DOTUSDT": "dotusdt_aggtrades_20210404.json"}
-XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
-
-
-@pytest.fixture
-def harness(settings, unique, tmp_path):
-    """A replay server on chosen tapes, fresh topics, and a way to start the source as a process."""
-
-    class Harness:
-        topic = f"test.aggtrades-{unique}"
-        dlq_prefix = f"test.{unique}.dlq."
-        dlq = dlq_prefix + "source"
-        url: str
-        replay: Replay
-        processes: list[Process] = []
-
-        def serve(self, tapes: dict[str, str], **kwargs):
-            folder = tmp_path / "tape"
-            folder.mkdir(exist_ok=True)
-            for name in tapes.values():
-                shutil.copy(TAPES / name, folder)
-            self.expected = {sym: tape(name) for sym, name in tapes.items()}
-            self.replay = Replay(load_tapes(folder), **kwargs)
-            self.server, self.url = start_in_thread(self.replay)
-
-        def start(self, symbols: str, **env) -> Process:
-            base = {
-                "BINANCE_BASE_URL": self.url, "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
-                "AGGTRADES_TOPIC": self.topic, "DLQ_TOPIC_PREFIX": self.dlq_prefix, "VAR_DIR": str(tmp_path / "var"),
-                "SOURCE_STATUS_INTERVAL_S": "0.5",
-            }
-            proc = Process("functions.binance_source.source", base | {k.upper(): str(v) for k, v in env.items()},
-                           tmp_path / f"source-{len(self.processes)}.log")
-            self.processes.append(proc)
-            return proc
-
-        def total(self) -> int:
-            return sum(len(v) for v in self.expected.values())
-
-        def wait_complete(self, timeout: float = 120):
-            wait_for(lambda: topic_size(settings, self.topic) >= self.total(), timeout,
-                     f"{self.total()} trades in {self.topic}")
-
-        def status(self) -> dict:
-            return json.loads((tmp_path / "var" / "run" / "source.json").read_text())
-
-    h = Harness()
-    create_topics(settings, h.topic, partitions=3)
-    create_topics(settings, h.dlq, partitions=1)
-    yield h
-    kill_running(h.processes)
-    if hasattr(h, "server"):
-        h.server.shutdown()
-    delete_topics(settings, h.topic, h.dlq)
-
-
-def assert_exactly_the_tapes(settings, topic: str, expected: dict[str, list[dict]]) -> None:
-    """The topic holds each tape trade once, in id order per symbol, with exact values and event times."""
-    by_symbol: dict[str, list] = {}
-    partitions = 3
-    for msg in read_topic(settings, topic):
-        by_symbol.setdefault(msg.key().decode(), []).append(msg)
-    assert set(by_symbol) == set(expected)
-    for symbol, trades in expected.items():
-        msgs = by_symbol[symbol]
-        ids = [json.loads(m.value())["agg_id"] for m in msgs]
-        assert len(ids) == len(set(ids)), f"{symbol}: duplicates"
-        assert ids == [t["a"] for t in trades], f"{symbol}: missing or out-of-order trades"
-        for msg, t in zip(msgs, trades):
-            value = json.loads(msg.value(), parse_float=str, parse_int=str)
-            assert (value["price"], value["qty"]) == (t["p"], t["q"])  # exact digits, no float rounding
-            assert (int(value["first_trade_id"]), int(value["last_trade_id"])) == (t["f"], t["l"])
-            assert int(value["trade_time"]) == t["T"] and msg.timestamp()[1] == t["T"]
-            assert value["is_buyer_maker"] is t["m"] and value["symbol"] == symbol
-            assert msg.partition() == partition_for(symbol, partitions)
+from .helpers import (SHORT_TAPES, XRP_TAPE, assert_exactly_the_tapes, create_topics, delete_topics, read_topic,
+                      topic_size, wait_for)
 
 
 def test_every_trade_once_in_order_and_unknown_symbols_reported(settings, stack, harness):

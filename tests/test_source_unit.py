@@ -12,6 +12,7 @@ from tests.helpers import SECRETS
 from functions.binance_source.client import WeightGate
 from functions.binance_source.resume import murmur2, partition_for
 from functions.binance_source.source import BadTrade, BinanceSource, SymbolState, parse_start_time, trade_value
+from functions.binance_source.streams import ConnectionBudget
 
 GOOD = {"a": 665076760, "p": "58001.03000000", "q": "0.08620500", "f": 745522877, "l": 745522877,
         "T": 1617566591314, "m": True, "M": True}
@@ -227,3 +228,24 @@ def test_recovery_waits_for_kafka_instead_of_failing(tmp_path, monkeypatch):
     source.delivery.recover(state)
     assert len(calls) == 4 and source.counters["kafka_unavailable"] == 3
     assert (state.cursor, state.fetch_from, state.delivery_failed) == (42, 42, False)
+
+
+def test_connection_budget_keeps_new_connections_under_the_limit_in_any_window():
+    budget = ConnectionBudget(limit=3, window_s=300)
+    for t in (0.0, 10.0, 20.0):
+        assert budget.wait_s(t) == 0
+        budget.take(t)
+    assert budget.wait_s(30.0) == pytest.approx(270.0)  # the oldest leaves the window at 300
+    assert budget.wait_s(299.9) == pytest.approx(0.1)
+    assert budget.wait_s(300.0) == 0
+    budget.take(300.0)
+    assert budget.wait_s(305.0) == pytest.approx(5.0)  # 10, 20 and 300 are in (5, 305]
+
+
+def test_websocket_mode_is_the_default_and_the_limits_are_binances():
+    s = Settings(**SECRETS)
+    assert s.binance_source_mode == "websocket"
+    for bad in ({"source_ws_streams_per_connection": 1025}, {"source_ws_connections_per_5min": 301},
+                {"binance_source_mode": "poll"}, {"binance_ws_url": "http://x"}):
+        with pytest.raises(ValueError):
+            Settings(**SECRETS, **bad)

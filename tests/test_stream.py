@@ -20,6 +20,7 @@ from chaos.faults import worker_of
 from cryptopipe import schemas
 from ops import flink_deploy
 from replay.server import Replay, start_in_thread
+from replay.ws import start_ws_in_thread
 from replay.tape import load_tapes
 
 from .helpers import (
@@ -62,22 +63,31 @@ def pipeline(settings, stack, unique, tmp_path):
         dlq = dlq_prefix + "stream"
         group = f"test-stream-{unique}"
 
-        def feed(self, tapes: list[str]) -> dict[str, list[dict]]:
-            """The tapes through the replay server and the real source into the trades topic."""
+        def feed(self, tapes: list[str], websocket: bool = False) -> dict[str, list[dict]]:
+            """The tapes through the replay server and the real source into the trades topic: over REST as fast
+            as it goes, or (websocket) streamed live with the tapes' span squeezed into ~20 s."""
             folder = tmp_path / "tape"
             folder.mkdir(exist_ok=True)
             expected = {}
             for name in tapes:
                 shutil.copy(TAPES / name, folder)
                 expected[name.split("_")[0].upper()] = tape(name)
-            server, url = start_in_thread(Replay(load_tapes(folder)))
-            source = Process("functions.binance_source.source", {
-                "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": ",".join(expected), "BINANCE_START_TIME": "0",
+            span_s = max((t[-1]["T"] - t[0]["T"]) / 1000 for t in expected.values())
+            replay = Replay(load_tapes(folder), speed=span_s / 20 if websocket else 0)
+            server, url = start_in_thread(replay)
+            ws, ws_url = start_ws_in_thread(replay) if websocket else (None, "ws://127.0.0.1:9")
+            source = Process("functions.binance_source", {
+                "BINANCE_BASE_URL": url, "BINANCE_WS_URL": ws_url, "BINANCE_SYMBOLS": ",".join(expected),
+                "BINANCE_START_TIME": "0", "BINANCE_SOURCE_MODE": "websocket" if websocket else "rest",
                 "AGGTRADES_TOPIC": self.trades, "VAR_DIR": str(tmp_path / "srcvar")}, tmp_path / "source.log")
             total = sum(len(v) for v in expected.values())
             wait_for(lambda: topic_size(settings, self.trades) >= total, 120, f"{total} trades")
             assert source.stop() == 0
             server.shutdown()
+            if ws is not None:
+                ws.stop()
+                counters = json.loads((tmp_path / "srcvar" / "run" / "source.json").read_text())["counters"]
+                assert counters["stream_trades"] > total / 2, counters  # most came over the streams
             return expected
 
         def start(self, **env) -> None:
@@ -118,7 +128,8 @@ def assert_candles_equal(final: dict, symbol: str, expected: dict[int, dict]) ->
 
 
 def test_xrpeth_candles_equal_binances_recorded_candles(settings, stack, pipeline):
-    trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"])["XRPETH"]
+    # Streamed over WebSocket, as the source runs live; the short tapes below come over REST.
+    trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"], websocket=True)["XRPETH"]
     pipeline.start()
     pipeline.wait_done(len(trades))
     pipeline.stop()
@@ -241,7 +252,8 @@ def kill_flink(stack) -> None:
 
 
 def test_kill_9_mid_tape_keeps_candles_exact_and_alerts_unique(settings, stack, pipeline):
-    trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"])["XRPETH"]
+    # Streamed over WebSocket, as the source runs live; the short tapes below come over REST.
+    trades = pipeline.feed(["xrpeth_aggtrades_20191011-13.json"], websocket=True)["XRPETH"]
     env = {"alert_move_pct": 0.4}
     for point in sorted(random.Random().sample(range(200, 2000), 2)):
         pipeline.start(**env)

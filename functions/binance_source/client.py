@@ -33,9 +33,10 @@ class RateLimited(Exception):
 class TransientError(Exception):
     """A 5xx, a timeout, a dropped connection or a body that is not the JSON expected: retry later."""
 
-    def __init__(self, message: str, body: bytes | None = None):
+    def __init__(self, message: str, body: bytes | None = None, reason: str = "non-JSON body"):
         super().__init__(message)
-        self.body = body  # set when the answer arrived but could not be read: it goes to the dead-letter topic
+        # Set when the answer arrived but could not be used: it goes to the dead-letter topic with `reason`.
+        self.body, self.reason = body, reason
 
 
 class BinanceError(Exception):

@@ -27,6 +27,17 @@ class SymbolState:
     failures: int = 0  # consecutive transient failures, for backoff
     stuck_at: int | None = None  # the id where the last bad answer stopped us
     stuck_count: int = 0
+    # WebSocket mode: "live" takes the stream's events as they come; "backfill" fetches REST pages from the
+    # fetch position and holds the stream's events in `buffer` (agg id -> (trade time, value)) until the
+    # pages meet them; "down" while its connection is lost.
+    mode: str = "down"
+    buffer: dict = field(default_factory=dict)
+    fetching: bool = False  # a REST request for it is in flight
+    last_event: float = 0.0  # monotonic time of its newest stream event (or of the last check of a silence)
+    seam: dict | None = None  # the last seam closed: where, how many trades REST filled in, why
+    seam_reason: str = ""
+    backfilled: int = 0  # trades REST filled in since the seam opened
+    connection: int = 0
 
     def polled(self, now: float, got: int) -> None:
         """Smooth the trade rate with what this poll brought since the last one."""

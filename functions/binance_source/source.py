@@ -1,6 +1,5 @@
-"""The Binance source: polls `GET /api/v3/aggTrades` per symbol and produces every trade to `binance.aggtrades`.
-
-    binance-source            (console entry point; `make source` runs it)
+"""The Binance source's REST mode: polls `GET /api/v3/aggTrades` per symbol and produces every trade to
+`binance.aggtrades`. The WebSocket mode (live.py) builds on it; __main__.py picks the mode.
 
 Every trade once and in order per symbol: the cursor (where the source resumes, and what it reports) only
 moves past trades the broker acknowledged, and on start it continues after the newest trade already in Kafka.
@@ -14,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 
 from confluent_kafka import Producer
 
 from cryptopipe.dlq import DeadLetters
 from cryptopipe.retry import backoff, retrying
-from cryptopipe.run import Counters, serve
+from cryptopipe.run import Counters
 from cryptopipe.settings import Settings
 from functions.binance_source.client import (
     AGG_TRADES_WEIGHT,
@@ -108,24 +106,32 @@ class BinanceSource:
 
         return self.setup_retry.call_with_retry(do, fail, with_failure_count=True)
 
-    def find_start(self, state: SymbolState) -> None:
-        """A symbol with no history starts at the configured time, or after the newest trade."""
+    def start_params(self, state: SymbolState) -> dict:
+        """The request that finds where a symbol with no history in Kafka starts."""
         params = {"symbol": state.symbol, "limit": 1}
         if self.start_time is not None:
             params["startTime"] = self.start_time
-        rows = self.fetch(state, params)
+        return params
+
+    def take_start(self, state: SymbolState, rows: list) -> bool:
+        """Set the cursor from the answer to `start_params`: at the configured time, or after the newest
+        trade. False when there is no trade to start from yet."""
         if not rows:
-            if rows is not None:
-                state.next_poll = time.monotonic() + self.s.source_max_poll_interval_s
-            return
+            return False
         try:
             agg_id = trade_value(state.symbol, rows[0])[0]
         except BadTrade as err:
             self.counters.count("bad_items")
             self.dead_letter(state.symbol, json.dumps(rows[0]).encode(), str(err))
-            return
+            return False
         state.cursor = state.fetch_from = agg_id if self.start_time is not None else agg_id + 1
         log.info("%s: no history in Kafka; starting at agg id %d", state.symbol, state.cursor)
+        return True
+
+    def find_start(self, state: SymbolState) -> None:
+        rows = self.fetch(state, self.start_params(state))
+        if rows is not None and not self.take_start(state, rows):
+            state.next_poll = time.monotonic() + self.s.source_max_poll_interval_s
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -164,36 +170,44 @@ class BinanceSource:
 
     def fetch(self, state: SymbolState, params: dict) -> list | None:
         """One aggTrades request; None after a failure (logged, counted, next poll scheduled)."""
-        now = time.monotonic()
         try:
-            body = self.client.get("/api/v3/aggTrades", params, AGG_TRADES_WEIGHT)
-            if not isinstance(body, list):
-                self.dead_letter(state.symbol, json.dumps(body).encode(), "answer is not a JSON list")
-                raise TransientError(f"answer is a {type(body).__name__}, not a list")
-        except RateLimited as err:
-            self.counters.count(f"http_{err.status}")
-            log.warning("%s: rate limited, sending nothing for %g s: %s", state.symbol, err.retry_after, err)
-            return None
-        except TransientError as err:
-            self.counters.count("transient_errors")
-            if err.body is not None:
-                self.dead_letter(state.symbol, err.body[:100_000], "non-JSON body")
-            state.failures += 1
-            state.next_poll = now + self.backoff.compute(state.failures)
-            log.warning("%s: %s; retry in %.1f s", state.symbol, err, state.next_poll - now)
-            return None
-        except BinanceError as err:
-            self.counters.count("binance_errors")
-            if err.code == -1121:
-                log.error("%s: the exchange says invalid symbol; dropping it", state.symbol)
-                del self.states[state.symbol]
-                return None
-            state.failures += 1
-            state.next_poll = now + self.backoff.compute(state.failures)
-            log.error("%s: %s; retry in %.1f s", state.symbol, err, state.next_poll - now)
+            body = self.get_trades(params)
+        except (RateLimited, TransientError, BinanceError) as err:
+            self.fetch_failed(state, err)
             return None
         state.failures = 0
         return body
+
+    def get_trades(self, params: dict) -> list:
+        """One aggTrades request; raises RateLimited, TransientError or BinanceError. Touches no state, so
+        the WebSocket mode runs it in worker threads."""
+        body = self.client.get("/api/v3/aggTrades", params, AGG_TRADES_WEIGHT)
+        if not isinstance(body, list):
+            raise TransientError(f"answer is a {type(body).__name__}, not a list", json.dumps(body).encode(),
+                                 "answer is not a JSON list")
+        return body
+
+    def fetch_failed(self, state: SymbolState, err: Exception) -> None:
+        """Log and count a failed request, and set when the symbol is tried again (`next_poll`)."""
+        now = time.monotonic()
+        if isinstance(err, RateLimited):
+            self.counters.count(f"http_{err.status}")
+            log.warning("%s: rate limited, sending nothing for %g s: %s", state.symbol, err.retry_after, err)
+            return
+        if isinstance(err, TransientError):
+            self.counters.count("transient_errors")
+            if err.body is not None:
+                self.dead_letter(state.symbol, err.body[:100_000], err.reason)
+        else:
+            self.counters.count("binance_errors")
+            if err.code == -1121:
+                log.error("%s: the exchange says invalid symbol; dropping it", state.symbol)
+                self.states.pop(state.symbol, None)
+                return
+        state.failures += 1
+        state.next_poll = now + self.backoff.compute(state.failures)
+        log.log(logging.WARNING if isinstance(err, TransientError) else logging.ERROR,
+                "%s: %s; retry in %.1f s", state.symbol, err, state.next_poll - now)
 
     def take_page(self, state: SymbolState, items: list) -> int:
         """Produce the contiguous run of good trades at the fetch position; stop at a bad item or a hole.
@@ -257,13 +271,14 @@ class BinanceSource:
         """What make status and make demo read besides the counters: the weight and each symbol's position."""
         now_ms = int(time.time() * 1000)
         return {
+            "mode": "rest",
             "base_url": self.s.binance_base_url,
             "weight_used": self.gate.used,
             "weight_budget": self.gate.budget,
             "weight_limit": self.gate.limit,
             "symbols": {
                 st.symbol: {"cursor": st.cursor, "produced": st.produced, "rate_per_s": round(st.rate, 2),
-                            "lag_ms": now_ms - st.newest_time if st.newest_time else None}
+                            "lag_ms": now_ms - st.newest_time if st.newest_time else None, "mode": "poll"}
                 for st in self.states.values()
             },
         }
@@ -281,10 +296,3 @@ class BinanceSource:
         self.report(force=True)
         log.info("stopped; counters: %s", self.counters.snapshot())
 
-
-def main() -> int:
-    return serve(BinanceSource)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
