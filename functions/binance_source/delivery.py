@@ -45,6 +45,7 @@ class Delivery:
         self.producer = producer
         self.stopping = stopping
         self.errors: list[str] = []
+        self.acked = 0  # acknowledged since the last settle(): the counter's lock costs too much per trade
         # Reading back what Kafka holds waits for Kafka, however long it is away.
         self.kafka_retry = retrying(KAFKA_AWAY, 0.5, 30.0)
 
@@ -75,7 +76,14 @@ class Delivery:
         state.cursor = agg_id + 1
         state.produced += 1
         state.newest_time = trade_time
-        self.counters.count("trades_produced")
+        self.acked += 1
+
+    def settle(self) -> None:
+        """Add the acknowledgements since the last call to the `trades_produced` counter (callbacks run in the
+        thread that polls the producer, the one that calls this)."""
+        if self.acked:
+            self.counters.count("trades_produced", self.acked)
+            self.acked = 0
 
     def newest(self, symbols: list[str]) -> dict[str, int]:
         """{symbol: newest agg_id in Kafka}, waiting with backoff while Kafka cannot answer (SystemExit when

@@ -48,6 +48,8 @@ class StreamSource(BinanceSource):
         self.connections: list[Connection] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.rated: dict[str, int] = {}  # produced per symbol at the last rate update
+        # Live events of one read of the sockets, per symbol, produced together once the read is done.
+        self.outgoing: dict[str, list] = {}
         self.rated_at = 0.0
 
     def run(self) -> None:
@@ -76,6 +78,7 @@ class StreamSource(BinanceSource):
                 await asyncio.sleep(HOUSEKEEPING_S)
                 self.housekeeping()
         finally:
+            self.flush_live()
             for conn in self.connections:
                 conn.stop()
             for task in tasks:
@@ -93,6 +96,7 @@ class StreamSource(BinanceSource):
             self.rated_at = now
         for state in list(self.states.values()):
             if state.delivery_failed and not state.fetching:
+                self.flush_live()
                 self.delivery.recover(state)  # waits for Kafka; the streams' connections may drop meanwhile
                 self.backfill(state, "delivery failed")
             elif state.mode == LIVE and now - state.last_event > self.s.source_ws_silence_s:
@@ -105,14 +109,14 @@ class StreamSource(BinanceSource):
 
     # ---- frames ------------------------------------------------------------------------------------
 
-    def on_text(self, payload: bytes, conn: Connection, bad: str | None) -> None:
+    def on_text(self, payload: bytes | memoryview, conn: Connection, bad: str | None) -> None:
         try:
             self.take_frame(payload, conn, bad)
         except Exception as err:  # a bug must not drop the connection over one frame: keep the frame instead
             log.exception("error handling a frame")
             self.bad_frame(payload, f"error handling the frame: {err!r:.200}")
 
-    def take_frame(self, payload: bytes, conn: Connection, bad: str | None) -> None:
+    def take_frame(self, payload: bytes | memoryview, conn: Connection, bad: str | None) -> None:
         if bad is not None:
             return self.bad_frame(payload, bad)
         try:
@@ -138,10 +142,10 @@ class StreamSource(BinanceSource):
             return self.bad_frame(payload, str(err), state)
         self.on_event(state, agg_id, trade_time, value)
 
-    def bad_frame(self, payload: bytes, reason: str, state: SymbolState | None = None) -> None:
+    def bad_frame(self, payload: bytes | memoryview, reason: str, state: SymbolState | None = None) -> None:
         """To the dead-letter topic; the trade a bad event stood for is fetched from REST at once."""
         self.counters.count("bad_frames")
-        self.dead_letter(state.symbol if state else "", payload[:100_000], reason)
+        self.dead_letter(state.symbol if state else "", bytes(payload[:100_000]), reason)
         if state is not None and state.mode == LIVE:
             self.backfill(state, "bad frame")
 
@@ -152,15 +156,29 @@ class StreamSource(BinanceSource):
         elif state.fetch_from is None or agg_id == state.fetch_from:  # None: a symbol's very first trade
             if state.fetch_from is None:
                 state.cursor = agg_id
-            self.delivery.produce(state, [(agg_id, trade_time, value)])
             state.fetch_from = agg_id + 1
-            self.counters.count("stream_trades")
+            run = self.outgoing.get(state.symbol)
+            if run is None:
+                if not self.outgoing:  # after the whole read: one produce call and one poll per symbol
+                    self.loop.call_soon(self.flush_live)
+                run = self.outgoing[state.symbol] = []
+            run.append((agg_id, trade_time, value))
         elif agg_id < state.fetch_from:
             self.counters.count("ws_duplicates")
         else:
             self.counters.count("ws_gaps")
             state.buffer[agg_id] = (trade_time, value)
             self.backfill(state, f"stream skipped ids {state.fetch_from}..{agg_id - 1}")
+
+    def flush_live(self) -> None:
+        """Produce the live events held for the end of a read. Every other path that produces a symbol's
+        trades calls this first, so its trades go out in id order."""
+        outgoing, self.outgoing = self.outgoing, {}
+        for symbol, run in outgoing.items():
+            state = self.states.get(symbol)
+            if state is not None:
+                self.delivery.produce(state, run)
+                self.counters.count("stream_trades", len(run))
 
     # ---- connections -------------------------------------------------------------------------------------
 
@@ -214,6 +232,7 @@ class StreamSource(BinanceSource):
 
     def on_answer(self, state: SymbolState, future: Future) -> None:
         state.fetching = False
+        self.flush_live()
         if self.stopping or self.states.get(state.symbol) is not state:
             return
         try:

@@ -284,6 +284,7 @@ class BinanceSource:
         }
 
     def report(self, force: bool = False) -> None:
+        self.delivery.settle()
         self.counters.report(self.status, force=force)
 
     def stop(self, *_args) -> None:

@@ -55,7 +55,8 @@ class Listener(picows.WSListener):
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         kind = frame.msg_type
         if kind == picows.WSMsgType.TEXT and frame.fin:
-            self.conn.on_text(frame.get_payload_as_bytes())
+            # A view into picows' read buffer, valid during this call only: read now, copy only what is kept.
+            self.conn.on_text(frame.get_payload_as_memoryview())
         elif kind == picows.WSMsgType.CLOSE:
             self.conn.close_code = frame.get_close_code()
             transport.send_close(frame.get_close_code())
@@ -72,7 +73,7 @@ class Connection:
     `on_down(symbols)` when the connection is lost."""
 
     def __init__(self, index: int, url: str, symbols: list[str], budget: ConnectionBudget,
-                 on_text: Callable[[bytes, "Connection", str | None], None],
+                 on_text: Callable[[bytes | memoryview, "Connection", str | None], None],
                  on_subscribed: Callable[[list[str]], None], on_down: Callable[[list[str]], None],
                  count: Callable[[str], None]):
         self.index, self.url, self.symbols, self.budget = index, url, symbols, budget
@@ -90,7 +91,7 @@ class Connection:
 
     # ---- frames ----------------------------------------------------------------------------------
 
-    def on_text(self, payload: bytes, bad: str | None = None) -> None:
+    def on_text(self, payload: bytes | memoryview, bad: str | None = None) -> None:
         self.handle_text(payload, self, bad)
 
     def on_reply(self, msg: dict) -> None:

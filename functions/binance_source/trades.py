@@ -13,6 +13,8 @@ from cryptopipe.schemas import MAX_INT64, MAX_TIME_MS, MIN_TIME_MS, SYMBOL, Inva
 # zero. Other JSON numbers ("1e5", "-1", 11 digits) are decided by the contract itself, on the value built.
 PLAIN = re.compile(r"(?:0|[1-9][0-9]{0,9})(?:\.[0-9]{1,8}0*)?\Z")
 NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")  # one JSON number token
+FIELDS_IN_ORDER = ("a", "p", "q", "f", "l", "T", "m")
+FIELDS = frozenset(FIELDS_IN_ORDER)
 RANGES = {"a": (0, MAX_INT64), "f": (0, MAX_INT64), "l": (0, MAX_INT64), "T": (MIN_TIME_MS, MAX_TIME_MS)}
 _valid_symbols: set[str] = set()
 
@@ -29,9 +31,8 @@ def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
     happens anywhere on the way to PostgreSQL's numeric columns."""
     if not isinstance(item, dict):
         raise BadTrade(f"item is {type(item).__name__}, not an object")
-    missing = [k for k in ("a", "p", "q", "f", "l", "T", "m") if k not in item]
-    if missing:
-        raise BadTrade(f"missing field(s) {', '.join(missing)}")
+    if not FIELDS <= item.keys():
+        raise BadTrade(f"missing field(s) {', '.join(k for k in FIELDS_IN_ORDER if k not in item)}")
     for k, (low, high) in RANGES.items():
         v = item[k]
         if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
@@ -39,9 +40,11 @@ def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
     exact = True  # the fast checks settle it; else the contract decides on the value built
     for k in ("p", "q"):
         v = item[k]
-        if not isinstance(v, str) or not NUMBER.match(v):
+        if not isinstance(v, str):
             raise BadTrade(f"field {k} is {v!r:.40}, not a decimal string")
-        if not PLAIN.match(v):
+        if not PLAIN.match(v):  # the common case needs one match, not two
+            if not NUMBER.match(v):
+                raise BadTrade(f"field {k} is {v!r:.40}, not a decimal string")
             exact = False
         elif not v.strip("0."):
             raise BadTrade(f"{'price' if k == 'p' else 'quantity'} {v} is not positive")
