@@ -54,7 +54,7 @@ class ReplayProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "replay.server", "--tape", str(tape_dir),
                                       "--port", str(self.port), "--ws-port", str(self.ws_port), *args],
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # thousands of tapes take a while to load
         while time.monotonic() < deadline:
             try:
                 requests.get(f"{self.url}/api/v3/ping", timeout=1)

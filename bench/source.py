@@ -227,7 +227,7 @@ def ws_lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: flo
 
 def ws_symbols_under_lag(workdir: Path) -> None:
     best, results = 0, {}
-    for n in (100, 200, 400, 800):
+    for n in (100, 200, 400, 800, 1600, 3200):
         p99 = ws_lag_run(workdir, n)
         results[n] = round(p99, 3)
         print(f"    {n} streams: p99 lag {p99:.3f} s")

@@ -211,10 +211,11 @@ class WsServer:
                 head = b'{"stream":"%s@aggTrade","data":' % symbol.lower().encode()
                 self.cache[key] = [head + raw + b"}" for raw in self.frames(symbol, False)]
             else:
-                self.cache[key] = [json.dumps(
-                    {"e": "aggTrade", "E": t["T"], "s": symbol, "a": t["a"], "p": t["p"], "q": t["q"], "f": t["f"],
-                     "l": t["l"], "T": t["T"], "m": t["m"], "M": True}, separators=(",", ":")).encode()
-                    for t in self.replay.tapes[symbol].trades]
+                # The REST items' JSON (fields a, p, q, f, l, T, m, M: Binance's order) behind the event's e, E
+                # and s: string joins, several times faster than a dumps per trade when hundreds subscribe at once.
+                tape = self.replay.tapes[symbol]
+                self.cache[key] = [b'{"e":"aggTrade","E":%d,"s":"%s",%s' % (t, symbol.encode(), item[1:].encode())
+                                   for t, item in zip(tape.times, tape.json_items)]
         return self.cache[key]
 
     def check_streams(self, names: object) -> list[str]:

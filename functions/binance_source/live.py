@@ -73,6 +73,8 @@ class StreamSource(BinanceSource):
         log.info("streaming %d symbols from %s over %d connection(s); REST backfill from %s", len(symbols),
                  self.s.binance_ws_url, len(self.connections), self.s.binance_base_url)
         tasks = [asyncio.create_task(conn.run()) for conn in self.connections]
+        for state in self.states.values():
+            state.last_event = time.monotonic()  # REST polling starts only if the streams do not come
         try:
             while not self.stopping and self.states:
                 await asyncio.sleep(HOUSEKEEPING_S)
@@ -101,6 +103,7 @@ class StreamSource(BinanceSource):
                 self.backfill(state, "delivery failed")
             elif state.mode == LIVE and now - state.last_event > self.s.source_ws_silence_s:
                 state.last_event = now  # checked again after another silence
+                state.probing = not state.fetching
                 self.request(state)  # the answer tells a quiet symbol from a silent stream
             elif state.mode == DOWN and now - state.last_event > self.s.source_max_poll_interval_s:
                 state.last_event = now  # its connection is down: poll REST meanwhile, at the slowest rate
@@ -193,7 +196,7 @@ class StreamSource(BinanceSource):
         for symbol in symbols:
             state = self.states.get(symbol)
             if state is not None:
-                state.mode = DOWN
+                state.mode, state.last_event = DOWN, time.monotonic()
 
     # ---- backfill: REST pages from the fetch position until they meet the stream ------------------
 
@@ -222,7 +225,7 @@ class StreamSource(BinanceSource):
         params = (self.start_params(state) if state.cursor is None else
                   {"symbol": state.symbol, "fromId": state.fetch_from, "limit": self.s.binance_page_limit})
         future = self.pool.submit(self.get_trades, params)
-        future.add_done_callback(lambda f: self.call_on_loop(self.on_answer, state, f))
+        future.add_done_callback(lambda f: self.call_on_loop(self.on_answer, state, params, f))
 
     def call_on_loop(self, callback, *args) -> None:
         try:
@@ -230,8 +233,9 @@ class StreamSource(BinanceSource):
         except RuntimeError:  # the loop closed while the request was out: the source is stopping
             pass
 
-    def on_answer(self, state: SymbolState, future: Future) -> None:
+    def on_answer(self, state: SymbolState, params: dict, future: Future) -> None:
         state.fetching = False
+        silence_check, state.probing = state.probing, False
         self.flush_live()
         if self.stopping or self.states.get(state.symbol) is not state:
             return
@@ -247,13 +251,15 @@ class StreamSource(BinanceSource):
             return  # housekeeping waits for Kafka, then backfills from what it holds
         if state.cursor is None:
             return self.start_from(state, body)
+        if "fromId" not in params:  # where to start, answered after the stream's first event started it
+            return None if state.mode == LIVE else self.drain(state, more=True)
         page_full = len(body) >= self.s.binance_page_limit
         # What the stream delivered while the request was out is on the page again: not news.
         fresh = [item for item in body if not (isinstance(item, dict) and isinstance(item.get("a"), int)
                                                and not isinstance(item["a"], bool) and item["a"] < state.fetch_from)]
-        if state.mode == LIVE:  # a silence check
-            if not fresh:
-                return  # a quiet symbol, not a silent stream
+        if state.mode == LIVE:
+            if not silence_check or not fresh:
+                return  # a quiet symbol, not a silent stream; or a page the stream overtook
             self.counters.count("silent_streams")
             log.warning("%s: no event for %.0f s but REST has trades from id %d: resubscribing", state.symbol,
                         self.s.source_ws_silence_s, state.fetch_from)

@@ -33,6 +33,7 @@ class SymbolState:
     mode: str = "down"
     buffer: dict = field(default_factory=dict)
     fetching: bool = False  # a REST request for it is in flight
+    probing: bool = False  # that request checks a live stream's silence against REST
     last_event: float = 0.0  # monotonic time of its newest stream event (or of the last check of a silence)
     seam: dict | None = None  # the last seam closed: where, how many trades REST filled in, why
     seam_reason: str = ""
