@@ -67,35 +67,36 @@ def throughput(workdir: Path) -> None:
            source_startup_s=round(startup, 2))
 
 
-def lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: float = 6.0) -> float:
-    """Worst lag over all symbols after warm-up, with n symbols replayed at live speed in 6000 weight/min.
+def lag_samples(workdir: Path, n_symbols: int, mode: str, seconds: float = 25.0, warmup: float = 6.0) -> list[float]:
+    """Every symbol's lag ten times a second after warm-up, with n symbols replayed at live speed in 6000
+    weight/min, the source in `mode` (rest or websocket).
 
     A symbol's lag at a moment: 0 when every trade the exchange has released is acknowledged in Kafka,
     else the time since the release of the oldest trade that is not."""
     settings = get_settings()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     tapes = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
-    folder = workdir / f"lag{n_symbols}"
-    names = [f"{tapes[i % 3][:3].upper()}{i:03d}USDT" for i in range(n_symbols)]
+    folder = workdir / f"{mode}{n_symbols}"
+    names = [f"{tapes[i % 3][:3].upper()}{i:04d}USDT" for i in range(n_symbols)]
     for i, name in enumerate(names):
         copies_of(tapes[i % 3], [name], folder)
+    raw = {t: [(x["a"], x["T"]) for x in json.loads((TAPES / t).read_text())] for t in tapes}
     replay = ReplayProcess(folder, "--speed", "1", "--shift-to-now", "--weight-limit", "6000")
-    worst = 0.0
+    samples: list[float] = []
     try:
         offset_ms = time.time() * 1000 - replay.stats()["now_ms"]  # wall clock minus tape clock
-        trades = {n: [(t["a"], t["T"]) for t in json.loads((folder / f"{n}_aggtrades.json").read_text())]
-                  for n in names}
-        first_id, first_t = trades[names[0]][0]
+        first_id, first_t = raw[tapes[0]][0]
         served = requests.get(f"{replay.url}/api/v3/aggTrades", timeout=5,
                               params={"symbol": names[0], "fromId": first_id, "limit": 1}).json()
         shift_ms = served[0]["T"] - first_t  # the server moved the tape to the present
-        trades = {n: [(a, t + shift_ms) for a, t in rows] for n, rows in trades.items()}
+        trades = {n: [(a, t + shift_ms) for a, t in raw[tapes[i % 3]]] for i, n in enumerate(names)}
         s = settings.model_copy(update={
-            "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "",
-            "aggtrades_topic": fresh_topic(admin, "lag"), "var_dir": workdir / "var",
+            "binance_base_url": replay.url, "binance_ws_url": replay.ws_url, "binance_source_mode": mode,
+            "binance_symbols": ",".join(names), "binance_start_time": "",
+            "aggtrades_topic": fresh_topic(admin, f"lag-{mode}"), "var_dir": workdir / "var",
             "source_status_interval_s": 60.0,
         })
-        source = BinanceSource(s)
+        source = StreamSource(s) if mode == "websocket" else BinanceSource(s)
         thread = threading.Thread(target=source.run)
         thread.start()
         start = time.monotonic()
@@ -106,28 +107,34 @@ def lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: float 
             tape_now = time.time() * 1000 - offset_ms
             for name, state in list(source.states.items()):
                 if state.cursor is None:
-                    continue
+                    continue  # no trade of it yet
                 idx = max(0, state.cursor - trades[name][0][0])
-                if idx < len(trades[name]) and trades[name][idx][1] <= tape_now:
-                    worst = max(worst, (tape_now - trades[name][idx][1]) / 1000)
+                late = idx < len(trades[name]) and trades[name][idx][1] <= tape_now
+                samples.append((tape_now - trades[name][idx][1]) / 1000 if late else 0.0)
         source.stop()
         thread.join(30)
     finally:
         replay.stop()
-    return worst
+    return sorted(samples)
+
+
+def most_symbols_under(workdir: Path, mode: str, counts: tuple[int, ...], limit_s: float, measure) -> tuple[int, dict]:
+    """The most symbols whose lag, as `measure` sums up the samples, stays within `limit_s`; stops at the first
+    count past it. Returns it and each count's figure."""
+    best, results = 0, {}
+    for n in counts:
+        lag = measure(lag_samples(workdir, n, mode))
+        results[n] = round(lag, 3)
+        print(f"    {n} symbols ({mode}): {lag:.3f} s")
+        if lag > limit_s:
+            break
+        best = n
+    return best, results
 
 
 def symbols_under_lag(workdir: Path) -> None:
-    best = 0
-    results = {}
-    for n in (10, 15, 20, 25, 30, 40):
-        worst = lag_run(workdir, n)
-        results[n] = round(worst, 2)
-        print(f"    {n} symbols: worst lag {worst:.2f} s")
-        if worst <= 2.0:
-            best = n
-        else:
-            break
+    best, results = most_symbols_under(workdir, "rest", (10, 15, 20, 25, 30, 40), 2.0,
+                                       lambda lags: max(lags, default=float("inf")))
     record(source_symbols_under_2s_lag=best, source_lag_worst_s_by_symbols=results)
 
 
@@ -175,64 +182,7 @@ def ws_throughput(workdir: Path) -> None:
            source_ws_stream_share=round(via_stream / total, 3))
 
 
-def ws_lag_run(workdir: Path, n_symbols: int, seconds: float = 25.0, warmup: float = 6.0) -> float:
-    """p99 over time and symbols of the lag (as in `lag_run`) with n symbols streamed at live speed."""
-    settings = get_settings()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    tapes = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
-    folder = workdir / f"wslag{n_symbols}"
-    names = [f"{tapes[i % 3][:3].upper()}{i:04d}USDT" for i in range(n_symbols)]
-    for i, name in enumerate(names):
-        copies_of(tapes[i % 3], [name], folder)
-    raw = {t: [(x["a"], x["T"]) for x in json.loads((TAPES / t).read_text())] for t in tapes}
-    replay = ReplayProcess(folder, "--speed", "1", "--shift-to-now")
-    samples: list[float] = []
-    try:
-        offset_ms = time.time() * 1000 - replay.stats()["now_ms"]  # wall clock minus tape clock
-        served = requests.get(f"{replay.url}/api/v3/aggTrades", timeout=5,
-                              params={"symbol": names[0], "fromId": raw[tapes[0]][0][0], "limit": 1}).json()
-        shift_ms = served[0]["T"] - raw[tapes[0]][0][1]  # the server moved the tape to the present
-        trades = {n: [(a, t + shift_ms) for a, t in raw[tapes[i % 3]]] for i, n in enumerate(names)}
-        s = settings.model_copy(update={
-            "binance_base_url": replay.url, "binance_ws_url": replay.ws_url, "binance_source_mode": "websocket",
-            "binance_symbols": ",".join(names), "binance_start_time": "",
-            "aggtrades_topic": fresh_topic(admin, "wslag"), "var_dir": workdir / "var",
-            "source_status_interval_s": 60.0,
-        })
-        source = StreamSource(s)
-        thread = threading.Thread(target=source.run)
-        thread.start()
-        start = time.monotonic()
-        while time.monotonic() - start < seconds:
-            time.sleep(0.1)
-            if time.monotonic() - start < warmup:
-                continue
-            tape_now = time.time() * 1000 - offset_ms
-            for name, state in list(source.states.items()):
-                lag = 0.0
-                if state.cursor is not None:
-                    idx = max(0, state.cursor - trades[name][0][0])
-                    if idx < len(trades[name]) and trades[name][idx][1] <= tape_now:
-                        lag = (tape_now - trades[name][idx][1]) / 1000
-                elif state.mode != "live":
-                    lag = (time.monotonic() - start)  # not even subscribed yet
-                samples.append(lag)
-        source.stop()
-        thread.join(30)
-    finally:
-        replay.stop()
-    samples.sort()
-    return samples[int(0.99 * (len(samples) - 1))] if samples else float("inf")
-
-
 def ws_symbols_under_lag(workdir: Path) -> None:
-    best, results = 0, {}
-    for n in (100, 200, 400, 800, 1600, 3200):
-        p99 = ws_lag_run(workdir, n)
-        results[n] = round(p99, 3)
-        print(f"    {n} streams: p99 lag {p99:.3f} s")
-        if p99 <= 1.0:
-            best = n
-        else:
-            break
+    best, results = most_symbols_under(workdir, "websocket", (100, 200, 400, 800, 1600, 3200), 1.0,
+                                       lambda lags: lags[int(0.99 * (len(lags) - 1))] if lags else float("inf"))
     record(source_ws_symbols_under_1s_lag=best, source_ws_lag_p99_s_by_symbols=results)

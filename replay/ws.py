@@ -23,19 +23,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse,
                     WSUpgradeResponseWithListener, ws_create_server)
 
-if TYPE_CHECKING:
-    from replay.server import Fault, Replay
+from replay.state import WS_FAULT_KINDS, Fault, Replay
 
 log = logging.getLogger("replay.ws")
 
-WS_FAULT_KINDS = ("ws_drop", "ws_stall", "ws_malformed", "ws_duplicate", "ws_out_of_order")
-WS_MALFORMED_VARIANTS = ("not_json", "bad_price")
 MAX_STREAMS = 1024
 CLOSE_WAIT_S = 1.0  # after our close frame, how long the client has to answer before the socket goes
 HOLD = object()  # take_fault: the stream waits (ws_out_of_order needs two events to swap)

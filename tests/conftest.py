@@ -13,9 +13,10 @@ import requests
 from cryptopipe.settings import get_settings
 from ops.dag_run import environment
 from ops.stack import NativeStack
-from replay.server import Replay, start_in_thread
-from replay.ws import start_ws_in_thread
+from replay.server import start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
+from replay.ws import start_ws_in_thread
 
 from .helpers import (TAPES, Process, create_topics, delete_topics, kill_running, make_demo, tape, topic_size,
                       wait_for)

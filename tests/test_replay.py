@@ -12,7 +12,8 @@ from decimal import Decimal
 import pytest
 import requests
 
-from replay.server import Replay, start_in_thread
+from replay.server import start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
 
 from .helpers import TAPES, tape

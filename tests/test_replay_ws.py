@@ -19,7 +19,8 @@ import requests
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from replay.server import Replay, start_in_thread
+from replay.server import start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
 from replay.ws import start_ws_in_thread
 

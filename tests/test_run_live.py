@@ -15,7 +15,8 @@ import psycopg2
 
 from ops import functions_ctl
 from cryptopipe.settings import ROOT
-from replay.server import Replay, shift_to_now, start_in_thread
+from replay.server import shift_to_now, start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
 
 from .helpers import TAPES, tape, wait_for

@@ -18,7 +18,8 @@ import requests
 from confluent_kafka import Producer
 
 from ops import connectors, flink_deploy
-from replay.server import Replay, shift_to_now, start_in_thread
+from replay.server import shift_to_now, start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
 
 from .helpers import TAPES, Process, kill_running, plain_candles, read_topic, restart_service, tape, wait_for

@@ -19,9 +19,10 @@ from confluent_kafka import Producer
 from chaos.faults import worker_of
 from cryptopipe import schemas
 from ops import flink_deploy
-from replay.server import Replay, start_in_thread
-from replay.ws import start_ws_in_thread
+from replay.server import start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
+from replay.ws import start_ws_in_thread
 
 from .helpers import (
     TAPES,

@@ -22,7 +22,8 @@ from ops import functions_ctl, supervise
 from ops.connectors import is_running
 from ops.process import process_exists
 from ops.services import Connect, Kafka, Redis
-from replay.server import Replay, start_in_thread
+from replay.server import start_in_thread
+from replay.state import Replay
 from replay.tape import load_tapes
 
 from .helpers import SECRETS, TAPES, create_topics, delete_topics, free_port, wait_for
