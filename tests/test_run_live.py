@@ -18,6 +18,7 @@ from cryptopipe.settings import ROOT
 from replay.server import shift_to_now, start_in_thread
 from replay.state import Replay
 from replay.tape import load_tapes
+from replay.ws import start_ws_in_thread
 
 from .helpers import TAPES, tape, wait_for
 
@@ -29,8 +30,10 @@ def test_make_run_follows_a_live_market_and_make_stop_stops_it(stack, settings, 
     shift = shift_to_now(raw, live=True)
     replay = Replay(load_tapes(tmp_path, shift), speed=1.0)
     server, url = start_in_thread(replay)
+    streams, ws_url = start_ws_in_thread(replay)
     trades = {t["a"]: dict(t, T=t["T"] + shift * 60_000) for t in tape("btcusdt_aggtrades_20210404.json")}
-    env = {**os.environ, "BINANCE_BASE_URL": url, "BINANCE_SYMBOLS": symbol}
+    # make run's source reads the WebSocket streams (its default mode) and backfills over REST.
+    env = {**os.environ, "BINANCE_BASE_URL": url, "BINANCE_WS_URL": ws_url, "BINANCE_SYMBOLS": symbol}
     try:
         run = subprocess.run(["make", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr
@@ -55,10 +58,13 @@ def test_make_run_follows_a_live_market_and_make_stop_stops_it(stack, settings, 
         # Whole-minute shifting leaves the replay's clock up to a minute behind the wall clock.
         clock_gap_ms = time.time() * 1000 - replay.now_ms()
         assert report["symbols"][symbol]["lag_ms"] - clock_gap_ms < 5_000, report  # live: seconds behind
+        assert report["mode"] == "websocket" and report["symbols"][symbol]["mode"] == "live", report
+        assert report["counters"]["stream_trades"] > 100, report  # from the stream, not from REST polling
         conn.close()
     finally:
         stop = subprocess.run(["make", "stop"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         server.shutdown()
+        streams.stop()
     assert stop.returncode == 0, stop.stderr
     for name in functions_ctl.MODULES:
         assert functions_ctl.running_pid(settings, name) is None, name

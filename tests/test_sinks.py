@@ -124,7 +124,7 @@ def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings,
     requests.post(f"{world['url']}/_replay/faults", json={"kind": "slow", "delay_s": 1.0, "count": 10**6}, timeout=5)
     source = Process("functions.binance_source", env | {
         "BINANCE_BASE_URL": world["url"], "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
-        "BINANCE_PAGE_LIMIT": "25"}, tmp_path / "source.log")
+        "BINANCE_PAGE_LIMIT": "25", "BINANCE_SOURCE_MODE": "rest"}, tmp_path / "source.log")
     processes.append(source)
 
     owner = psycopg2.connect(**settings.pg_params("owner"))

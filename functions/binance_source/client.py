@@ -131,7 +131,7 @@ class BinanceClient:
         url = f"{self.base_url}{path}"
         try:
             resp = self.session.get(url, params=params, timeout=self.timeout)
-        except (requests.Timeout, requests.ConnectionError) as err:
+        except requests.RequestException as err:  # timeouts, refused or reset connections, a body cut short
             raise TransientError(f"{type(err).__name__} on {path}: {err}") from err
         now = time.time()
         self.gate.record(resp.headers.get(WEIGHT_HEADER), weight, now)

@@ -29,6 +29,9 @@ def trades_producer(settings: Settings) -> Producer:
         "linger.ms": 5,
         "compression.type": "lz4",
         "batch.num.messages": 10_000,
+        # Retry until Kafka is back, however long: with a timeout, the oldest trades of a long outage would
+        # fail while later ones got through, and resuming after the newest would skip the failed ones.
+        "message.timeout.ms": 0,
         # Java clients' key hash, so resume.partition_for finds each symbol's partition.
         "partitioner": "murmur2_random",
     })

@@ -35,7 +35,10 @@ log = logging.getLogger("binance_source")
 
 LIVE, BACKFILL, DOWN = "live", "backfill", "down"
 BACKFILL_WORKERS = 4  # REST requests at once: a reconnect of hundreds of symbols backfills in parallel
-SEAM_RETRY_S = 0.2  # REST has not got the ids the stream skipped yet: ask again this much later
+SEAM_RETRY_S = 0.2  # REST has not got the ids the stream skipped yet: ask again this much later (and later)
+# REST is the exchange's record: held events it has not reached in this long are dropped (a bogus id on the
+# stream must not hold a symbol back); real ones among them come back from REST once it has them.
+HELD_TIMEOUT_S = 30.0
 HOUSEKEEPING_S = 0.2
 
 
@@ -105,6 +108,8 @@ class StreamSource(BinanceSource):
                 state.last_event = now  # checked again after another silence
                 state.probing = not state.fetching
                 self.request(state)  # the answer tells a quiet symbol from a silent stream
+            elif state.mode == BACKFILL and not state.fetching:
+                self.request(state)  # a seam must never wait on nothing
             elif state.mode == DOWN and now - state.last_event > self.s.source_max_poll_interval_s:
                 state.last_event = now  # its connection is down: poll REST meanwhile, at the slowest rate
                 self.request(state)
@@ -195,16 +200,20 @@ class StreamSource(BinanceSource):
     def on_down(self, symbols: list[str]) -> None:
         for symbol in symbols:
             state = self.states.get(symbol)
-            if state is not None:
+            if state is not None and state.mode != DOWN:  # REST polling starts a while after the loss
                 state.mode, state.last_event = DOWN, time.monotonic()
 
     # ---- backfill: REST pages from the fetch position until they meet the stream ------------------
 
     def backfill(self, state: SymbolState, reason: str) -> None:
-        if state.cursor is None and self.start_time is None:
+        if self.connections[state.connection].transport is None:
+            state.mode = DOWN  # no stream to meet: REST only, until the connection is back
+        elif state.cursor is None and self.start_time is None:
             state.mode = LIVE  # no history and no start time: it starts at the stream's first event
+            state.buffer.clear()
             return
-        self.open_seam(state, reason)
+        else:
+            self.open_seam(state, reason)
         self.request(state)
 
     def open_seam(self, state: SymbolState, reason: str) -> None:
@@ -294,15 +303,18 @@ class StreamSource(BinanceSource):
             self.delivery.produce(state, run)
             state.fetch_from += len(run)
             self.counters.count("stream_trades", len(run))
-        if held and not more and not run:
-            ahead = min(held)
-            if state.gives_up_at(state.fetch_from):
-                self.counters.count("ids_given_up")
-                log.error("%s: REST never had ids %d..%d that the stream skipped; moving on", state.symbol,
-                          state.fetch_from, ahead - 1)
-                state.fetch_from = ahead
-                return self.drain(state, more=False)
-            return self.request(state, SEAM_RETRY_S)
+        if held and not more and not run:  # REST has not reached the held events (yet)
+            now = time.monotonic()
+            state.held_since = state.held_since or now
+            waited = now - state.held_since
+            if waited < HELD_TIMEOUT_S:
+                return self.request(state, max(SEAM_RETRY_S, min(5.0, waited / 4)))
+            self.counters.count("held_dropped", len(held))
+            log.error("%s: REST has had no trade from id %d for %.0f s while the stream sent ids from %d; dropping "
+                      "%d held events and going on from REST", state.symbol, state.fetch_from, waited, min(held),
+                      len(held))
+            held.clear()
+        state.held_since = None
         if held or more:
             return self.request(state)
         if state.mode != BACKFILL:

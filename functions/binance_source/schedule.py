@@ -34,6 +34,7 @@ class SymbolState:
     buffer: dict = field(default_factory=dict)
     fetching: bool = False  # a REST request for it is in flight
     probing: bool = False  # that request checks a live stream's silence against REST
+    held_since: float | None = None  # since when REST has not reached the held events
     last_event: float = 0.0  # monotonic time of its newest stream event (or of the last check of a silence)
     seam: dict | None = None  # the last seam closed: where, how many trades REST filled in, why
     seam_reason: str = ""

@@ -59,7 +59,8 @@ class Listener(picows.WSListener):
             self.conn.on_text(frame.get_payload_as_memoryview())
         elif kind == picows.WSMsgType.CLOSE:
             self.conn.close_code = frame.get_close_code()
-            transport.send_close(frame.get_close_code())
+            # An empty close frame reads as code 0, which may not be sent back.
+            transport.send_close(frame.get_close_code() or picows.WSCloseCode.OK)
             transport.disconnect()
         elif kind in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION):
             # Binance sends whole text frames only; anything else is a bad frame, kept for a look.
