@@ -14,16 +14,27 @@ KINDS = {"kill source", "kill redis-sink", "kill alert-notifier", "kill-service 
          "malformed binance.aggtrades"}
 
 
+def stop_functions() -> None:
+    """What a harness that died left running (it stops them itself otherwise): the next run, and the tests
+    after this one, must not find them."""
+    subprocess.run(["make", "stop"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_the_pipeline_heals_itself_under_chaos(stack):
     results_file = ROOT / "chaos-results.json"
-    for _attempt in range(2):
-        results_file.unlink(missing_ok=True)
-        run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=1800)
-        # Once more only when the harness itself died before writing any result (librdkafka has segfaulted in
-        # its lag probe while Kafka restarted); a run that wrote results is judged as it is.
-        if results_file.exists():
-            break
+    try:
+        for _attempt in range(2):
+            results_file.unlink(missing_ok=True)
+            stop_functions()
+            run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=1800)
+            # Once more only when the harness itself died before writing any result (librdkafka has segfaulted
+            # in its lag probe while Kafka restarted); a run that wrote results is judged as it is.
+            if results_file.exists():
+                break
+    finally:
+        stop_functions()
+    assert results_file.exists(), f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}"
     results = json.loads(results_file.read_text())
     tail = run.stdout[-4000:] + (ROOT / "logs" / "chaos.log").read_text()[-3000:]
     assert set(results["faults_injected"]) == KINDS, tail

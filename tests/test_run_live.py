@@ -20,7 +20,7 @@ from replay.state import Replay
 from replay.tape import load_tapes
 from replay.ws import start_ws_in_thread
 
-from .helpers import TAPES, tape, wait_for
+from .helpers import TAPES, cells, tape, wait_for
 
 
 def test_make_run_follows_a_live_market_and_make_stop_stops_it(stack, settings, tmp_path):
@@ -68,5 +68,10 @@ def test_make_run_follows_a_live_market_and_make_stop_stops_it(stack, settings, 
     assert stop.returncode == 0, stop.stderr
     for name in functions_ctl.MODULES:
         assert functions_ctl.running_pid(settings, name) is None, name
-    status = subprocess.run(["make", "status"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    status = subprocess.run(["make", "status"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "300"})
     assert "running" not in status.stdout.split("Functions")[1].split("Kafka topics")[0]
+    # The source's last report, per symbol: mode, produced, rate, lag, next id, last seam, reconnects.
+    rows = cells(status.stdout, symbol)
+    assert len(rows) == 1 and rows[0][1] == "live" and rows[0][7] == "0", status.stdout
+    assert int(rows[0][2].replace(",", "")) >= 150
