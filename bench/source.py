@@ -18,12 +18,20 @@ from functions.binance_source.source import BinanceSource
 from functions.binance_source.trades import trade_value
 
 
+def busy_market(workdir: Path) -> tuple[list[str], Path, list[dict]]:
+    """16 symbols each replaying the real XRPETH tape (what both throughput figures run on): the names, the
+    tape folder (written once per bench run) and the tape's trades."""
+    names = [f"XRPETH{c}" for c in "ABCDEFGHIJKLMNOP"]
+    folder = workdir / "tp"
+    if not folder.exists():
+        copies_of("xrpeth_aggtrades_20191011-13.json", names, folder)
+    return names, folder, json.loads((TAPES / "xrpeth_aggtrades_20191011-13.json").read_text())
+
+
 def throughput(workdir: Path) -> None:
     settings = get_settings()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    names = [f"XRPETH{c}" for c in "ABCDEFGHIJKLMNOP"]
-    tape_dir = copies_of("xrpeth_aggtrades_20191011-13.json", names, workdir / "tp")
-    trades = json.loads((tape_dir / f"{names[0]}_aggtrades.json").read_text())
+    names, tape_dir, trades = busy_market(workdir)
     total = len(trades) * len(names)
 
     # Bare producer: the same records, serialized beforehand, same producer settings.
@@ -145,9 +153,7 @@ def ws_throughput(workdir: Path) -> None:
     source is what sets the pace: the replay holds back what the source's socket cannot take yet."""
     settings = get_settings()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    names = [f"XRPETH{c}" for c in "ABCDEFGHIJKLMNOP"]
-    tape_dir = copies_of("xrpeth_aggtrades_20191011-13.json", names, workdir / "tp")
-    trades = json.loads((tape_dir / f"{names[0]}_aggtrades.json").read_text())
+    names, tape_dir, trades = busy_market(workdir)
     total = len(trades) * len(names)
     span_s = (trades[-1]["T"] - trades[0]["T"]) / 1000
     # The clock waits while the source connects and subscribes, then every trade arrives on the streams.
