@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo run stop test bench source replay redis-sink alert-notifier deploy-ksql deploy-connectors deploy-flink compose-up compose-down start chaos
+.PHONY: help setup up down status demo run stop test bench source replay redis-sink alert-notifier deploy-ksql deploy-connectors deploy-flink compose-up compose-down start chaos psql
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ down: ## stop the functions and exactly what `make up` started
 
 status: ## health check: services, functions, topics and DLQ depth, consumer lag, connectors, tables, freshness, Airflow
 	@$(PY) -m ops.status
+
+psql: ## a psql shell on the crypto database as ROLE (reader by default; owner, writer, airflow, retention), password from .env
+	@$(PY) -m ops.psql $(ROLE)
 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end
 	@TAPE="$(TAPE)" $(PY) -m ops.demo

@@ -9,6 +9,7 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,27 @@ class Settings(BaseSettings):
     connect_port: Port = 8083
     connect_heap: Heap = "1g"
     java: str = "java"
+    # Kafka asks every client for SASL/SCRAM-SHA-512 credentials, one user per component, and its ACLs give each
+    # only its own topics and groups (ops/kafka_security.py). The user names are fixed; the passwords are secrets.
+    # `admin` is the super user (the stack's own tools: make up, status, tests, bench); the broker also uses it
+    # to reach its controller, over SASL/PLAIN, since SCRAM credentials live in the cluster's metadata.
+    KAFKA_USERS: ClassVar[dict[str, str]] = {
+        "admin": "admin", "source": "binance-source", "stream": "crypto-stream", "redis-sink": "redis-sink",
+        "alert-notifier": "alert-notifier", "connect": "kafka-connect", "airflow": "airflow",
+    }
+    kafka_admin_password: SecretStr
+    kafka_source_password: SecretStr
+    kafka_stream_password: SecretStr
+    kafka_redis_sink_password: SecretStr
+    kafka_alert_notifier_password: SecretStr
+    kafka_connect_password: SecretStr
+    kafka_airflow_password: SecretStr
+    # Every component connects as `admin` instead of its own user: only for tests and benches that run a
+    # component on topics of their own, which no component's ACLs cover.
+    kafka_as_admin: bool = False
+    # Kafka Connect's REST API asks for HTTP basic authentication (user connect_rest_user).
+    connect_rest_user: str = Field(default="connect-admin", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    connect_rest_password: SecretStr
     # The Connect watchdog (ops/connect_watchdog.py): how often it reads the connectors' states, and the
     # backoff between restarts of one connector that keeps failing (first delay on average, longest delay).
     watchdog_interval_s: float = Field(default=5.0, gt=0, le=300)
@@ -67,23 +89,34 @@ class Settings(BaseSettings):
     # How often the stack's `flink-job` keeper checks that the job runs.
     flink_keep_interval_s: float = Field(default=5.0, gt=0, le=300)
 
-    # PostgreSQL: the owner role owns the schema; the writer is what the sinks use; the reader is for reports.
-    # The role names are fixed (db/roles.sql creates them); their passwords are settings.
-    PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "reader": "crypto_reader"}
+    # PostgreSQL: the owner role owns the schema; the writer is what Kafka Connect's sinks use; airflow is what the
+    # DAGs write with; retention may only delete old trades (through one function); the reader is for people and
+    # reports. The role names are fixed (db/roles.sql creates them); their passwords are generated secrets.
+    PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "airflow": "crypto_airflow",
+                                          "retention": "crypto_retention", "reader": "crypto_reader"}
     pg_host: str = "127.0.0.1"
     pg_port: Port = 5432
     pg_database: str = "crypto"
-    pg_owner_password: SecretStr = SecretStr("crypto")
+    pg_owner_password: SecretStr
     pg_writer_password: SecretStr
+    pg_airflow_password: SecretStr
+    pg_retention_password: SecretStr
     pg_reader_password: SecretStr
     # Empty: find the newest server under /usr/lib/postgresql, else on PATH.
     pg_bindir: str = ""
     # Superuser DSN for creating roles when the database is not the native cluster (docker-compose).
     pg_admin_url: SecretStr | None = None
 
-    # Redis.
+    # Redis asks for a user and password (ACLs, ops/redis_acl.py; the default user is off): the Redis sink may write
+    # price:*, candle:* and prices:*, the notifier its alert keys, the reader only read; admin is the stack's tools.
+    REDIS_USERS: ClassVar[dict[str, str]] = {"admin": "admin", "redis-sink": "redis-sink",
+                                             "alert-notifier": "alert-notifier", "reader": "reader"}
     redis_host: str = "127.0.0.1"
     redis_port: Port = 6379
+    redis_admin_password: SecretStr
+    redis_sink_password: SecretStr
+    redis_notifier_password: SecretStr
+    redis_reader_password: SecretStr
 
     # Topics every function reads and writes; other values only to keep test runs apart.
     aggtrades_topic: str = topics.AGGTRADES
@@ -166,6 +199,8 @@ class Settings(BaseSettings):
     replay_ws_port: Port = 8901
     # Binance closes every stream connection after 24 hours; shorter here to exercise the reconnect.
     replay_ws_lifetime_s: Seconds = 86400.0
+    # POST /_replay/faults (fault injection for tests) answers only requests with this bearer token.
+    replay_token: SecretStr
 
     # make demo: how long to wait for the pipeline to catch up with the tape.
     demo_timeout_s: Seconds = 600.0
@@ -248,16 +283,29 @@ class Settings(BaseSettings):
     def ksqldb_url(self) -> str:
         return f"http://{self.ksqldb_host}:{self.ksqldb_port}"
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.redis_host}:{self.redis_port}/0"
+    def redis_url(self, user: str = "admin") -> str:
+        """The URL redis-py connects with as one user of REDIS_USERS (password quoted into it)."""
+        password = quote(getattr(self, f"redis_{user_field(user)}_password").get_secret_value(), safe="")
+        return f"redis://{quote(self.REDIS_USERS[user], safe='')}:{password}@{self.redis_host}:{self.redis_port}/0"
 
     def dlq_topic(self, component: str) -> str:
         """The dead-letter topic of one component (source, stream, redis-sink, alert-notifier)."""
         return self.dlq_topic_prefix + component
 
+    def kafka_config(self, component: str = "admin") -> dict[str, str]:
+        """The client configuration every confluent-kafka client starts from: the bootstrap server and the SASL
+        login of one component (a key of KAFKA_USERS)."""
+        user = "admin" if self.kafka_as_admin else component
+        return {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": self.KAFKA_USERS[user],
+            "sasl.password": getattr(self, f"kafka_{user.replace('-', '_')}_password").get_secret_value(),
+        }
+
     def pg_params(self, role: str = "owner") -> dict[str, object]:
-        """psycopg2.connect() keywords for one of the three roles: owner, writer or reader."""
+        """psycopg2.connect() keywords for one of the roles in PG_ROLES."""
         return {
             "host": self.pg_host,
             "port": self.pg_port,
@@ -270,6 +318,11 @@ class Settings(BaseSettings):
     def jdbc_url(self) -> str:
         """The JDBC sinks' database URL. reWriteBatchedInserts: pgjdbc sends a batch as multi-row INSERTs."""
         return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{self.pg_database}?reWriteBatchedInserts=true"
+
+
+def user_field(user: str) -> str:
+    """The middle of a Redis user's password setting: redis-sink -> sink, alert-notifier -> notifier."""
+    return {"redis-sink": "sink", "alert-notifier": "notifier"}.get(user, user)
 
 
 def split_symbols(text: str) -> list[str]:

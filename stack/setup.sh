@@ -86,14 +86,16 @@ import os, re, secrets
 example = open(".env.example").read()
 if not os.path.exists(".env"):
     print("\033[1m==> writing .env from .env.example with generated passwords\033[0m")
-    open(".env", "w").write(re.sub(r"=change-me\b", lambda _: "=" + secrets.token_urlsafe(18), example))
+    # Created 0600 in the same call: never readable by others, not even for a moment.
+    with os.fdopen(os.open(".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as env:
+        env.write(re.sub(r"=change-me\b", lambda _: "=" + secrets.token_urlsafe(18), example))
 else:
+    os.chmod(".env", 0o600)
     have = set(re.findall(r"^([A-Z_]+)=", open(".env").read(), flags=re.M))
     lacking = [k for k in re.findall(r"^([A-Z_]+)=change-me\b", example, flags=re.M) if k not in have]
     if lacking:
         print(f"\033[1m==> adding generated secrets to .env: {', '.join(lacking)}\033[0m")
         with open(".env", "a") as env:
             env.write("".join(f"{k}={secrets.token_urlsafe(18)}\n" for k in lacking))
-os.chmod(".env", 0o600)
 PY
 say "setup done"

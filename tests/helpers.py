@@ -28,8 +28,14 @@ SHORT_TAPES = {"BTCUSDT": "btcusdt_aggtrades_20210404.json", "ETHUSDT": "ethusdt
 XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
 
 # The secrets a Settings needs, for tests that build one without .env.
-SECRETS = {"pg_writer_password": "w", "pg_reader_password": "r", "airflow_admin_password": "a",
-           "airflow_db_password": "d", "airflow_jwt_secret": "j"}
+# Every secret Settings requires, for Settings(_env_file=None, **SECRETS) in unit tests.
+SECRETS = {"pg_owner_password": "o", "pg_writer_password": "w", "pg_airflow_password": "f",
+           "pg_retention_password": "t", "pg_reader_password": "r", "airflow_admin_password": "a",
+           "airflow_db_password": "d", "airflow_jwt_secret": "j", "connect_rest_password": "c",
+           "replay_token": "x", **{f"kafka_{u.replace('-', '_')}_password": "k" + u
+                                   for u in ("admin", "source", "stream", "redis-sink", "alert-notifier",
+                                             "connect", "airflow")},
+           **{f"redis_{u}_password": "r" + u for u in ("admin", "sink", "notifier", "reader")}}
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.25):
