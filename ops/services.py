@@ -19,7 +19,7 @@ import requests
 from confluent_kafka.admin import AdminClient
 
 from cryptopipe.settings import ROOT, Settings
-from ops import supervise
+from ops import redis_acl, supervise
 from ops.process import StackError, pid_from_file, port_open, rotate_at_start, spawn, terminate
 
 CONFIG_DIR = ROOT / "stack" / "config"
@@ -132,13 +132,17 @@ class Redis(Service):
     def start(self) -> None:
         data = self.s.var_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
+        # The users and their rules, rewritten from the settings at every start (passwords as SHA-256 only).
+        acl = self.run_dir / "redis.acl"
+        redis_acl.write_acl_file(self.s, acl)
         self.spawn([
             "redis-server", str(CONFIG_DIR / "redis.conf"), "--port", str(self.s.redis_port),
             "--bind", self.s.redis_host, "--dir", str(data), "--daemonize", "no", "--logfile", "",
+            "--aclfile", str(acl),
         ])
 
     def ready(self) -> bool:
-        return bool(redis.Redis.from_url(self.s.redis_url, socket_timeout=1).ping())
+        return bool(redis.Redis.from_url(self.s.redis_url("admin"), socket_timeout=1).ping())
 
 
 class JavaService(Service):
