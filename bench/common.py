@@ -78,9 +78,9 @@ def fresh_topic(admin: AdminClient, prefix: str, partitions: int = 3) -> str:
     return name
 
 
-def produce_all(bootstrap: str, topic: str, records, **config) -> None:
+def produce_all(client: dict[str, str], topic: str, records, **config) -> None:
     """Produce (key, timestamp, value) records and wait until all are acknowledged."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "partitioner": "murmur2_random", **config})
+    producer = Producer({**client, "linger.ms": 20, "partitioner": "murmur2_random", **config})
     for key, ts, value in records:
         while True:
             try:

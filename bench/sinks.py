@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from bench.common import TAPES, fresh_topic, produce_all, record
+from ops import kafka_security
 from ops.connectors import is_running, load_configs
 from cryptopipe.settings import get_settings
 from functions.binance_source.trades import trade_value
@@ -41,7 +42,7 @@ def trade_records(copies: int = COPIES) -> list[tuple[bytes, int, bytes, dict]]:
 
 
 def jdbc(settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     records = trade_records(JDBC_COPIES)
     n = len(records)
     tag = uuid.uuid4().hex[:8]
@@ -70,11 +71,13 @@ def jdbc(settings) -> None:
     copy_rate = statistics.median(copy_rates)
 
     topic = fresh_topic(admin, "jdbc")
-    produce_all(settings.kafka_bootstrap, topic, [r[:3] for r in records])
+    produce_all(settings.kafka_config(), topic, [r[:3] for r in records])
     config = load_configs()["jdbc-trades"] | {"topics": topic, "collection.name.format": sink_table,
                                               "errors.deadletterqueue.topic.name": f"{topic}-dlq"}
     name = f"bench-jdbc-{tag}"
-    requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, timeout=30).raise_for_status()
+    # The worker's user may read only the stack's topics: this connector's are granted, as an operator would.
+    kafka_security.grant(settings, kafka_security.connector_grants(name, config))
+    requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, auth=settings.connect_auth, timeout=30).raise_for_status()
     try:
         count = lambda: cur.execute(f"SELECT count(*) FROM {sink_table}") or cur.fetchone()[0]  # noqa: E731
         while count() == 0:
@@ -85,10 +88,10 @@ def jdbc(settings) -> None:
         while (done := count()) < n:
             time.sleep(0.5 if done < 0.9 * n else 0.05)
         jdbc_rate = n / (time.perf_counter() - start)
-        status = requests.get(f"{settings.connect_url}/connectors/{name}/status", timeout=10).json()
+        status = requests.get(f"{settings.connect_url}/connectors/{name}/status", auth=settings.connect_auth, timeout=10).json()
         assert is_running(status), status
     finally:
-        requests.delete(f"{settings.connect_url}/connectors/{name}", timeout=30)
+        requests.delete(f"{settings.connect_url}/connectors/{name}", auth=settings.connect_auth, timeout=30)
         for table in (sink_table, copy_table):
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         owner.close()
@@ -97,10 +100,11 @@ def jdbc(settings) -> None:
 
 
 def redis_throughput(settings, workdir: Path) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     records = trade_records()
     n = len(records)
-    client = redis.Redis.from_url(settings.redis_url)
+    # Admin: the baseline writes keys of its own (benchraw:*), outside what the sink's user may touch.
+    client = redis.Redis.from_url(settings.redis_url("admin"))
 
     # Baseline: a bare pipelined HSET per record, in batches of the sink's size.
     start = time.perf_counter()
@@ -114,8 +118,8 @@ def redis_throughput(settings, workdir: Path) -> None:
     client.delete(*[f"benchraw:XRPETH{i:02d}" for i in range(COPIES)])
 
     topic, candles = fresh_topic(admin, "redis"), fresh_topic(admin, "redis-candles")
-    produce_all(settings.kafka_bootstrap, topic, [r[:3] for r in records])
-    s = settings.model_copy(update={"aggtrades_topic": topic, "candles_topic": candles,
+    produce_all(settings.kafka_config(), topic, [r[:3] for r in records])
+    s = settings.model_copy(update={"kafka_as_admin": True, "aggtrades_topic": topic, "candles_topic": candles,
                                     "redis_sink_group": f"bench-redis-{uuid.uuid4().hex[:6]}",
                                     "var_dir": workdir / "var"})
     sink = RedisSink(s)
@@ -135,15 +139,15 @@ def redis_throughput(settings, workdir: Path) -> None:
 
 def redis_latency(settings, workdir: Path, samples: int = 2000) -> None:
     """Trades produced one by one (trade time = send time); the price arrives through pub/sub."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     topic, candles = fresh_topic(admin, "latency", 1), fresh_topic(admin, "latency-candles", 1)
-    s = settings.model_copy(update={"aggtrades_topic": topic, "candles_topic": candles,
+    s = settings.model_copy(update={"kafka_as_admin": True, "aggtrades_topic": topic, "candles_topic": candles,
                                     "redis_sink_group": f"bench-lat-{uuid.uuid4().hex[:6]}", "var_dir": workdir / "var"})
     symbol = f"LAT{uuid.uuid4().hex[:6].upper()}"
     sink = RedisSink(s)
     thread = threading.Thread(target=sink.run, daemon=True)
     thread.start()
-    pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
+    pubsub = redis.Redis.from_url(settings.redis_url("reader")).pubsub()
     pubsub.subscribe(f"prices:{symbol}")
     latencies: list[float] = []
 
@@ -157,7 +161,7 @@ def redis_latency(settings, workdir: Path, samples: int = 2000) -> None:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 0})
     time.sleep(3)  # the sink has joined its group
     for i in range(samples):
         now = int(time.time() * 1000)

@@ -30,7 +30,7 @@ def busy_market(workdir: Path) -> tuple[list[str], Path, list[dict]]:
 
 def throughput(workdir: Path) -> None:
     settings = get_settings()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     names, tape_dir, trades = busy_market(workdir)
     total = len(trades) * len(names)
 
@@ -38,14 +38,14 @@ def throughput(workdir: Path) -> None:
     values = [(n.encode(), *trade_value(n, t)[1:]) for n in names for t in trades]
     topic = fresh_topic(admin, "raw")
     start = time.perf_counter()
-    produce_all(settings.kafka_bootstrap, topic, values, **{
+    produce_all(settings.kafka_config(), topic, values, **{
         "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
         "batch.num.messages": 10_000})
     raw_rate = total / (time.perf_counter() - start)
 
     replay = ReplayProcess(tape_dir)
     try:
-        s = settings.model_copy(update={
+        s = settings.model_copy(update={"kafka_as_admin": True,
             "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "0",
             "aggtrades_topic": fresh_topic(admin, "source"), "var_dir": workdir / "var",
             "source_status_interval_s": 60.0,
@@ -82,7 +82,7 @@ def lag_samples(workdir: Path, n_symbols: int, mode: str, seconds: float = 25.0,
     A symbol's lag at a moment: 0 when every trade the exchange has released is acknowledged in Kafka,
     else the time since the release of the oldest trade that is not."""
     settings = get_settings()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     tapes = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
     folder = workdir / f"{mode}{n_symbols}"
     names = [f"{tapes[i % 3][:3].upper()}{i:04d}USDT" for i in range(n_symbols)]
@@ -98,7 +98,7 @@ def lag_samples(workdir: Path, n_symbols: int, mode: str, seconds: float = 25.0,
                               params={"symbol": names[0], "fromId": first_id, "limit": 1}).json()
         shift_ms = served[0]["T"] - first_t  # the server moved the tape to the present
         trades = {n: [(a, t + shift_ms) for a, t in raw[tapes[i % 3]]] for i, n in enumerate(names)}
-        s = settings.model_copy(update={
+        s = settings.model_copy(update={"kafka_as_admin": True,
             "binance_base_url": replay.url, "binance_ws_url": replay.ws_url, "binance_source_mode": mode,
             "binance_symbols": ",".join(names), "binance_start_time": "",
             "aggtrades_topic": fresh_topic(admin, f"lag-{mode}"), "var_dir": workdir / "var",
@@ -152,14 +152,14 @@ def ws_throughput(workdir: Path) -> None:
     The tapes play in about a second once the clock starts, faster than any source takes them, so the
     source is what sets the pace: the replay holds back what the source's socket cannot take yet."""
     settings = get_settings()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     names, tape_dir, trades = busy_market(workdir)
     total = len(trades) * len(names)
     span_s = (trades[-1]["T"] - trades[0]["T"]) / 1000
     # The clock waits while the source connects and subscribes, then every trade arrives on the streams.
     replay = ReplayProcess(tape_dir, "--speed", str(span_s), "--delay-s", "6")
     try:
-        s = settings.model_copy(update={
+        s = settings.model_copy(update={"kafka_as_admin": True,
             "binance_base_url": replay.url, "binance_ws_url": replay.ws_url, "binance_source_mode": "websocket",
             "binance_symbols": ",".join(names), "binance_start_time": "",
             "aggtrades_topic": fresh_topic(admin, "ws"), "var_dir": workdir / "var", "source_status_interval_s": 60.0,

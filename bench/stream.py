@@ -47,12 +47,12 @@ def busy_trades(repeats: int = 10) -> list[tuple]:
 
 def fill_topic(settings, topic: str, trades: list[tuple]) -> int:
     records = [(symbol.encode(), *trade_value(symbol, t)[1:]) for symbol, t in trades]
-    produce_all(settings.kafka_bootstrap, topic, records, **{"compression.type": "lz4"})
+    produce_all(settings.kafka_config(), topic, records, **{"compression.type": "lz4"})
     return len(records)
 
 
 def raw_consume(settings, topic: str, n: int) -> float:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     seen, start, start_seen = 0, None, 0
@@ -74,12 +74,12 @@ PARALLELISM = 3
 def job_settings(settings, topic: str, workdir: Path, parallelism: int = 1):
     """The stream job on `topic` with outputs, group, job name and checkpoints of its own; running."""
     u = uuid.uuid4().hex[:6]
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     outs = [fresh_topic(admin, name) for name in ("candles", "stats", "alerts", "valid-trades")]
     dlq_prefix = f"bench.{u}.dlq."
     fresh_dlq = dlq_prefix + "stream"
     admin.create_topics([NewTopic(fresh_dlq, 1, 1)])[fresh_dlq].result()
-    s = settings.model_copy(update={
+    s = settings.model_copy(update={"kafka_as_admin": True, 
         "aggtrades_topic": topic, "candles_topic": outs[0], "stats_topic": outs[1], "alerts_topic": outs[2],
         "trades_topic": outs[3], "dlq_topic_prefix": dlq_prefix, "stream_consumer_group": f"bench-stream-{u}",
         "flink_job_name": f"bench-stream-{u}", "flink_idle_timeout_s": 2, "var_dir": workdir / f"var-{u}",
@@ -96,7 +96,7 @@ def stream_rate(settings, topic: str, n: int, workdir: Path) -> tuple[float, flo
     """(trades per second, Flink's memory in MiB at the end): every trade comes out on the validated trades topic,
     so its end offsets count what the job has processed; from the first 10% of the trades to the last."""
     s = job_settings(settings, topic, workdir, PARALLELISM)
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"})
+    probe = Consumer({**settings.kafka_config(), "group.id": "bench-probe"})
     try:
         while (done := written(probe, s.trades_topic, 3)) < WARMUP * n:
             time.sleep(0.01)
@@ -114,13 +114,13 @@ def stream_rate(settings, topic: str, n: int, workdir: Path) -> tuple[float, flo
 def latency(settings, workdir: Path, seconds: float = 20, per_second: int = 200) -> list[float]:
     """Milliseconds from a trade produced (live, timestamped now) to the first committed candle update that
     holds it, read with read_committed, for every trade of a steady flow over 8 symbols."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     topic = fresh_topic(admin, "live-trades")
     s = job_settings(settings, topic, workdir)
     sent: dict[tuple[str, int], list[float]] = {}  # (symbol, minute) -> send time of its 1st, 2nd, ... trade
     seen: dict[tuple[str, int], int] = {}
     out: list[float] = []
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
+    reader = Consumer({**settings.kafka_config(), "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
                        "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
     reader.subscribe([s.candles_topic])
     stop = threading.Event()
@@ -138,7 +138,7 @@ def latency(settings, workdir: Path, seconds: float = 20, per_second: int = 200)
 
     reading = threading.Thread(target=read, daemon=True)
     reading.start()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0, "partitioner": "murmur2_random"})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 0, "partitioner": "murmur2_random"})
     try:
         for i in range(int(seconds * per_second)):
             symbol, now_ms = f"LAT{i % 8}", int(time.time() * 1000)
@@ -158,7 +158,7 @@ def latency(settings, workdir: Path, seconds: float = 20, per_second: int = 200)
 
 
 def measure(settings, trades: list[tuple], workdir: Path) -> tuple[int, float, float, float]:
-    topic = fresh_topic(AdminClient({"bootstrap.servers": settings.kafka_bootstrap}), "trades")
+    topic = fresh_topic(AdminClient(settings.kafka_config()), "trades")
     n = fill_topic(settings, topic, trades)
     raw = max(raw_consume(settings, topic, n) for _ in range(3))  # the bare consumer's best: it varies run to run
     return n, raw, *stream_rate(settings, topic, n, workdir)

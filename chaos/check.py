@@ -20,7 +20,7 @@ CANDLE_KEYS = ("open", "high", "low", "close", "volume", "quote_volume", "trade_
 
 
 def consumer(settings: Settings) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "chaos-check",
+    return Consumer({**settings.kafka_config(), "group.id": "chaos-check",
                      "enable.auto.commit": False, "isolation.level": "read_committed",
                      "enable.partition.eof": True})
 
@@ -103,7 +103,7 @@ def invariants(settings: Settings, trades: dict[str, list[dict]], sent: list[dic
     symbols = sorted(trades)
     conn = psycopg2.connect(**settings.pg_params("reader"))
     conn.autocommit = True
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
     expected_candles = {s: tape.candles(trades[s]) for s in symbols}
 
     def db_state():

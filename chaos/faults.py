@@ -48,7 +48,7 @@ def worker_of(pid: int, marker: str) -> int | None:
 class Faults:
     def __init__(self, settings: Settings, stack: NativeStack, log):
         self.s, self.stack, self.log = settings, stack, log
-        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+        self.producer = Producer({**settings.kafka_config(), "enable.idempotence": True,
                                   "message.timeout.ms": 600_000})
         self.sent: list[dict] = []  # malformed records the broker acknowledged: class, partition, offset
 

@@ -27,7 +27,7 @@ class Probe:
         self.s, self.stack, self.symbols, self.last_ids = settings, stack, symbols, last_ids
         self.slack = max(100, int(trades_per_s * LAG_SECONDS))
         self.timeout_s, self.log = timeout_s, log
-        self.lags = LagProbe(settings.kafka_bootstrap)
+        self.lags = LagProbe(settings.kafka_config())
         s = settings
         # Each group with the topics it reads now (a group may still hold offsets of a topic it read before).
         self.groups = {s.stream_consumer_group: (s.aggtrades_topic,),

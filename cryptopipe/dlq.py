@@ -24,7 +24,7 @@ class DeadLetters:
         self.component = component
         self.topic = settings.dlq_topic(component)
         self.counters = counters
-        self.producer = producer or Producer({"bootstrap.servers": settings.kafka_bootstrap,
+        self.producer = producer or Producer({**settings.kafka_config(component),
                                               "enable.idempotence": True})
 
     def send(self, value: bytes | None, key: bytes | None, reason: str,

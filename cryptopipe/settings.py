@@ -5,6 +5,7 @@ Defaults work for the native stack on one machine. `.env.example` documents ever
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -242,6 +243,17 @@ class Settings(BaseSettings):
             raise ValueError(f"expected comma-separated symbols matching {schemas.SYMBOL.pattern}, got {value!r}")
         return value
 
+    @field_validator("kafka_admin_password", "kafka_source_password", "kafka_stream_password",
+                     "kafka_redis_sink_password", "kafka_alert_notifier_password", "kafka_connect_password",
+                     "kafka_airflow_password", "connect_rest_password")
+    @classmethod
+    def _login_quotable(cls, value: SecretStr) -> SecretStr:
+        # These land inside JAAS options ("...") and SQL string literals ('...') of generated configs.
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=@%!^*()\[\]{},:?#-]{8,200}", value.get_secret_value()):
+            raise ValueError("must be 8 to 200 characters without spaces, quotes, backslashes or ';' "
+                             "(make setup generates one)")
+        return value
+
     @field_validator("alert_move_pct_symbols", "alert_quote_volume_symbols")
     @classmethod
     def _thresholds_valid(cls, value: str) -> str:
@@ -266,6 +278,11 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.connect_host}:{self.connect_port}"
+
+    @property
+    def connect_auth(self) -> tuple[str, str]:
+        """requests' `auth` for Kafka Connect's REST API (HTTP basic)."""
+        return self.connect_rest_user, self.connect_rest_password.get_secret_value()
 
     @property
     def flink_url(self) -> str:

@@ -1,3 +1,4 @@
+{% from 'kafka_sink.j2' import login with context %}
 -- 01: binance.aggtrades as the source wrote it, key and value as bytes, so no record can fail to deserialize:
 -- check_trade (the validation contract of cryptopipe/schemas.py, one JSON parse per record) sorts them.
 -- Event time is the Kafka timestamp, which the source sets to the trade time; the grace period is the watermark's
@@ -14,7 +15,7 @@ CREATE TABLE aggtrades_raw (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{{ aggtrades_topic }}',
-    'properties.bootstrap.servers' = '{{ bootstrap }}',
+    {{ login() }},
     'properties.group.id' = '{{ group }}',
     'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',

@@ -93,6 +93,7 @@ class Watchdog:
         self.delays = backoff(settings.watchdog_backoff_s, settings.watchdog_backoff_max_s)
         self.stopping = threading.Event()
         self.http = requests.Session()
+        self.http.auth = settings.connect_auth
         self.connect_error: str | None = None
         try:  # the counts of the previous run, so a restarted watchdog keeps the history
             previous = (read_status(settings, NAME) or {}).get("connectors", {})

@@ -21,7 +21,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from cryptopipe.settings import ROOT, load_settings
+from cryptopipe.settings import ROOT, get_settings, load_settings
 
 CONNECTOR_DIR = ROOT / "connectors"
 
@@ -38,7 +38,7 @@ def call(method: str, url: str, tries: int = 10, **kwargs) -> requests.Response:
     """One REST call; 409 (a rebalance in progress) and connection errors are retried with backoff."""
     for attempt in range(tries):
         try:
-            resp = requests.request(method, url, timeout=30, **kwargs)
+            resp = requests.request(method, url, timeout=30, auth=get_settings().connect_auth, **kwargs)
         except requests.ConnectionError as err:
             if attempt == tries - 1:
                 raise DeployError(f"Kafka Connect is not reachable at {url}: {err}. Is it up? (make status)") from None
@@ -65,7 +65,8 @@ def all_statuses(base: str, http=requests, timeout: float = 10) -> dict[str, dic
     """Every connector's status in one call (GET /connectors?expand=status): {name: status}, None for a
     connector created a moment ago that has none yet. Raises
     requests.RequestException or ValueError when Connect does not answer properly."""
-    resp = http.get(f"{base}/connectors", params={"expand": "status"}, timeout=timeout)
+    resp = http.get(f"{base}/connectors", params={"expand": "status"}, timeout=timeout,
+                    auth=get_settings().connect_auth)
     resp.raise_for_status()
     return {name: info.get("status") for name, info in resp.json().items()}
 

@@ -40,19 +40,13 @@ def read_sql(name: str) -> str:
 
 
 def init(settings: Settings | None = None) -> None:
-    """Create roles, database, tables and grants; set the role passwords from the settings."""
+    """Create roles, database, tables, the retention function and grants; set the role passwords from the settings."""
     settings = settings or get_settings()
     roles = Settings.PG_ROLES
     conn = admin_connect(settings)
     with conn.cursor() as cur:
-        cur.execute(
-            read_sql("roles.sql"),
-            {
-                "owner_password": settings.pg_owner_password.get_secret_value(),
-                "writer_password": settings.pg_writer_password.get_secret_value(),
-                "reader_password": settings.pg_reader_password.get_secret_value(),
-            },
-        )
+        # Every run sets the passwords again: a cluster keeps up with .env (rotation, or the owner's old default).
+        cur.execute(read_sql("roles.sql"), {f"{role}_password": settings.pg_params(role)["password"] for role in roles})
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.pg_database,))
         if cur.fetchone() is None:
             cur.execute(
@@ -60,16 +54,17 @@ def init(settings: Settings | None = None) -> None:
                     sql.Identifier(settings.pg_database), sql.Identifier(roles["owner"])
                 )
             )
+        others = sql.SQL(", ").join(sql.Identifier(name) for role, name in roles.items() if role != "owner")
         cur.execute(
-            sql.SQL("REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {w}, {r}").format(
-                db=sql.Identifier(settings.pg_database),
-                w=sql.Identifier(roles["writer"]),
-                r=sql.Identifier(roles["reader"]),
+            sql.SQL("REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {others}").format(
+                db=sql.Identifier(settings.pg_database), others=others
             )
         )
     conn.close()
     with psycopg2.connect(**settings.pg_params("owner")) as conn, conn.cursor() as cur:
+        # One transaction: the retention function is never executable by PUBLIC before grants.sql revokes it.
         cur.execute(read_sql("schema.sql"))
+        cur.execute(read_sql("retention.sql"))
         cur.execute(read_sql("grants.sql"))
     conn.close()
 

@@ -141,13 +141,13 @@ def check_alive(settings: Settings, names) -> None:
 
 def follow(settings: Settings, tapes, symbols, total: int, alive, console: Console) -> bool:
     """Progress bars until trades, candles and Redis have all caught up with the tape."""
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
     last_ids = {s: tapes[s].ids[-1] for s in symbols}
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     deadline = time.monotonic() + settings.demo_timeout_s
 
     def alerts_lag() -> int | None:
-        return consumer_lag(settings.kafka_bootstrap, settings.alert_notifier_group,
+        return consumer_lag(settings.kafka_config(), settings.alert_notifier_group,
                             (settings.alerts_topic,)).get(settings.alerts_topic)
 
     with Progress(*columns, console=console) as progress:
@@ -190,7 +190,7 @@ def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
 
 
 def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], console: Console) -> int:
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
     checks = pg(settings, "SELECT check_name, passed, detail FROM quality_results WHERE run_id = %s ORDER BY check_name",
                 (dag_runs["data_quality_check"]["run_id"],))
     passed = sum(ok for _, ok, _ in checks)

@@ -63,8 +63,11 @@ def values(settings: Settings) -> dict:
     for key, value in names.items():
         if not NAME.match(value):
             raise FlinkError(f"{key} {value!r} is not a Kafka name (letters, digits, '.', '_', '-')")
+    login = settings.kafka_config("stream")
     return names | {
         "bootstrap": settings.kafka_bootstrap,
+        "kafka_user": login["sasl.username"],
+        "kafka_password": login["sasl.password"],
         "grace_s": int(settings.stream_grace_s),
         "idle_timeout_s": int(settings.flink_idle_timeout_s),
         "parallelism": int(settings.flink_parallelism),
@@ -245,7 +248,7 @@ def keep(settings: Settings) -> None:
     log = logging.getLogger("flink_job")
     log.info("keeping %s running on %s", settings.flink_job_name, settings.flink_url)
     report = {"resubmitted": 0, "last_error": None, "job_id": None}
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})  # one client: librdkafka dislikes churn
+    admin = AdminClient(settings.kafka_config())  # one client: librdkafka dislikes churn
     while True:
         try:
             if topics_exist(settings, admin):

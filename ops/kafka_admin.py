@@ -54,10 +54,10 @@ class LagProbe:
     """The clients `consumer_lag` needs, opened once for many calls (make status, the chaos run's probe):
     creating and dropping clients by the dozen while a broker restarts is what librdkafka likes least."""
 
-    def __init__(self, bootstrap: str):
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+    def __init__(self, config: dict[str, str]):
+        self.admin = AdminClient(dict(config))
         # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cryptopipe-lag-probe",
+        self.consumer = Consumer({**config, "group.id": "cryptopipe-lag-probe",
                                   "isolation.level": "read_committed", "enable.partition.eof": True,
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
 
@@ -91,9 +91,9 @@ class LagProbe:
         self.consumer.close()
 
 
-def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
+def consumer_lag(config: dict[str, str], group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
     """LagProbe.lag for one call."""
-    probe = LagProbe(bootstrap)
+    probe = LagProbe(config)
     try:
         return probe.lag(group, topics)
     finally:

@@ -3,10 +3,16 @@
 PostgreSQL refuses to run as root, so as root the cluster belongs to, and runs as, the `postgres` system user.
 Local (socket) connections are trusted only through var/run/pg, which only that user reaches; TCP on
 127.0.0.1 asks for a password (scram-sha-256).
+
+That user must reach the cluster's folders. In a checkout it cannot enter (cloned under /root, mode 0700) the
+cluster and its socket live in a folder of its own, ~postgres/cryptopipe-<hash of var/>/{data,run}, with
+var/postgres and var/run/pg linking there: whatever looks under var/ finds them as always, and the link
+records where the cluster is. The server's log reaches logs/ through a file descriptor root opens.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -84,30 +90,72 @@ class Postgres(Service):
             if user:
                 shutil.chown(path, user, user)
 
+    def reachable(self) -> bool:
+        """The server's user can enter var/run/pg's parent, hence var/ and every folder above it."""
+        user = self.system_user()
+        if user is None:
+            return True
+        return subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(self.run_dir)]).returncode == 0
+
+    def outside_home(self) -> Path:
+        """The cluster's folder when the server's user cannot reach var/: one per var/ folder, in that user's home."""
+        home = Path(pwd.getpwnam(self.system_user()).pw_dir)
+        if not home.is_dir():
+            raise StackError(f"The postgres system user's home {home} does not exist, and this checkout is closed "
+                             "to that user: run `make setup`, or clone the checkout where other users can enter.")
+        return home / ("cryptopipe-" + hashlib.sha256(str(self.s.var_dir.resolve()).encode()).hexdigest()[:12])
+
+    def place(self) -> None:
+        """var/postgres and var/run/pg as folders the server can use: here, or links to outside_home()."""
+        sock = self.run_dir / "pg"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.data.is_symlink():
+            outside = Path(os.readlink(self.data)).parent
+            if not outside.is_dir():
+                raise StackError(f"{self.data} links to {os.readlink(self.data)}, which is gone: remove the link "
+                                 "to start a new cluster.")
+        elif (self.data / "PG_VERSION").exists() or self.reachable():
+            sock.mkdir(exist_ok=True)
+            return
+        else:
+            outside = self.outside_home()
+            if (outside / "data" / "PG_VERSION").exists():
+                raise StackError(f"{outside} holds this checkout's cluster from before, but {self.data} does not "
+                                 f"link to it. Nothing was deleted: link it back (ln -s {outside / 'data'} "
+                                 f"{self.data}) to keep it, or remove {outside} to start afresh.")
+            for folder in (outside, outside / "data", outside / "run"):
+                folder.mkdir(mode=0o700, exist_ok=True)
+                self.give_to_system_user(folder)
+            link(self.data, outside / "data")
+        link(sock, outside / "run")
+
     def start(self) -> None:
         bindir = self.bindir()
-        sock = self.run_dir / "pg"
-        sock.mkdir(parents=True, exist_ok=True)
+        self.place()
+        # The server's user gets the real paths: it may not be able to pass through var/ to follow the links.
+        sock, data = (self.run_dir / "pg").resolve(), self.data.resolve()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         rotate_at_start(self.log_file, self.s.log_max_bytes, self.s.log_backups)
-        self.log_file.touch()
-        self.give_to_system_user(sock, self.log_file)
-        if not (self.data / "PG_VERSION").exists():
-            self.data.mkdir(parents=True, exist_ok=True)
-            self.data.chmod(0o700)
-            self.give_to_system_user(self.data)
+        self.give_to_system_user(sock)
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            data.chmod(0o700)
+            self.give_to_system_user(data)
             subprocess.run(
-                self.as_system_user([str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
+                self.as_system_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
                                      "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256"]),
                 check=True, stdout=subprocess.DEVNULL,
             )
-            with open(self.data / "postgresql.conf", "a") as conf:
+            with open(data / "postgresql.conf", "a") as conf:
                 conf.write("\n" + (CONFIG_DIR / "postgresql.conf").read_text())
-        subprocess.run(
-            self.as_system_user([str(bindir / "pg_ctl"), "start", "-w", "-t", str(int(self.s.start_timeout_s)),
-                                 "-D", str(self.data), "-l", str(self.log_file),
-                                 "-o", f"-p {self.s.pg_port} -k {sock}"]),
-            check=True, stdout=subprocess.DEVNULL,
-        )
+        # No -l: the server inherits the log this process opens, so its user need not reach logs/.
+        with open(self.log_file, "ab") as log:
+            subprocess.run(
+                self.as_system_user([str(bindir / "pg_ctl"), "start", "-s", "-w", "-t",
+                                     str(int(self.s.start_timeout_s)), "-D", str(data),
+                                     "-o", f"-p {self.s.pg_port} -k {sock}"]),
+                check=True, stdout=log,
+            )
 
     def ready(self) -> bool:
         return subprocess.run(
@@ -118,6 +166,22 @@ class Postgres(Service):
         if self.pid() is None:
             return
         subprocess.run(
-            self.as_system_user([str(self.bindir() / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(self.data)]),
+            self.as_system_user([str(self.bindir() / "pg_ctl"), "stop", "-m", "fast", "-w",
+                                 "-D", str(self.data.resolve())]),
             check=True, stdout=subprocess.DEVNULL,
         )
+
+
+def link(path: Path, target: Path) -> None:
+    """Make `path` a symlink to `target`, in place of an empty folder an earlier failed start left there."""
+    if path.is_symlink() and path.resolve() == target.resolve():
+        return
+    try:
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            path.rmdir()
+    except OSError as err:
+        raise StackError(f"{path} must become a link to {target}, but it holds files ({err.strerror}): "
+                         "move it away.") from None
+    path.symlink_to(target)

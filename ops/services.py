@@ -8,6 +8,7 @@ Kafka Connect with the Debezium JDBC sink are here. Kafka and Connect come from 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -111,11 +112,37 @@ def read_properties(path: Path) -> dict[str, str]:
     return props
 
 
-def write_properties(path: Path, props: dict[str, str]) -> None:
+def write_properties(path: Path, props: dict[str, str], secret: bool = False) -> None:
+    """Writes a .properties file; `secret` (it holds passwords): readable by this user only, from its creation."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Written by ops.stack from stack/config; edit that, not this.\n" + "".join(
-        f"{k}={v}\n" for k, v in props.items()
-    ))
+    text = "# Written by ops.stack from stack/config; edit that, not this.\n" + "".join(
+        f"{k}={v}\n" for k, v in props.items())
+    if secret:
+        write_private(path, text)
+    else:
+        path.write_text(text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replaces `path` with a file of mode 0600 holding `text` (never readable by others, not for a moment)."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+
+
+def plain_login_configs(settings: Settings, listeners: tuple[str, ...]) -> dict[str, str]:
+    """The PLAIN JAAS config of the broker's listeners: `admin` is both the login the broker uses to reach itself and
+    its controller, and the one PLAIN user those listeners accept."""
+    password = settings.kafka_admin_password.get_secret_value()
+    jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" '
+            f'password="{password}" user_admin="{password}";')
+    return {f"listener.name.{name}.plain.sasl.jaas.config": jaas for name in listeners}
+
+
+def plain_admin_config(settings: Settings) -> dict[str, str]:
+    """A client login as `admin` over PLAIN, the broker's own: it works before any SCRAM credential exists."""
+    return settings.kafka_config("admin") | {"sasl.mechanism": "PLAIN", "sasl.username": "admin",
+                                             "sasl.password": settings.kafka_admin_password.get_secret_value()}
 
 
 class Redis(Service):
@@ -195,13 +222,13 @@ class Kafka(JavaService):
             raise StackError(f"Port {cport} for the Kafka controller is in use: set KAFKA_CONTROLLER_PORT in .env.")
         data = self.s.var_dir / "kafka"
         props = read_properties(CONFIG_DIR / "kafka.properties") | {
-            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+            "listeners": f"CLIENT://{host}:{port},CONTROLLER://{host}:{cport}",
+            "advertised.listeners": f"CLIENT://{host}:{port}",
             "controller.quorum.voters": f"1@{host}:{cport}",
             "log.dirs": str(data),
-        }
+        } | plain_login_configs(self.s, ("client", "controller"))
         conf = self.run_dir / "kafka.properties"
-        write_properties(conf, props)
+        write_properties(conf, props, secret=True)
         if not (data / "meta.properties").exists():
             # Formatting happens once; an existing log folder is never re-formatted.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -217,7 +244,8 @@ class Kafka(JavaService):
     def ready(self) -> bool:
         if not port_open(self.s.kafka_host, self.s.kafka_port):
             return False
-        admin = AdminClient({"bootstrap.servers": self.s.kafka_bootstrap, "socket.timeout.ms": 2000})
+        # The broker's own login: the SCRAM users are made once it answers (ops.kafka_security).
+        admin = AdminClient({**plain_admin_config(self.s), "socket.timeout.ms": 2000})
         return len(admin.list_topics(timeout=2).brokers) > 0
 
 
@@ -242,19 +270,33 @@ class Connect(JavaService):
         }
 
     def start(self) -> None:
+        login = self.s.kafka_config("connect")
+        jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{login["sasl.username"]}"'
+                f' password="{login["sasl.password"]}";')
+        # The worker, and the producers, consumers and admin clients it makes for the connectors, log in as
+        # `kafka-connect` (whose ACLs allow the connectors' topics and groups only).
+        sasl = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512", "sasl.jaas.config": jaas}
         props = read_properties(CONFIG_DIR / "connect-distributed.properties") | {
             "bootstrap.servers": self.s.kafka_bootstrap,
             "listeners": f"http://{self.s.connect_host}:{self.s.connect_port}",
             "rest.advertised.host.name": self.s.connect_host,
             "rest.advertised.port": str(self.s.connect_port),
             "plugin.path": str(PLUGIN_DIR),
-        }
+        } | sasl | {f"{client}.{k}": v for client in ("producer", "consumer", "admin") for k, v in sasl.items()}
         conf = self.run_dir / "connect.properties"
-        write_properties(conf, props)
-        self.spawn([*self.jvm("connect", self.s.connect_heap), "org.apache.kafka.connect.cli.ConnectDistributed",
-                    str(conf)], env=self.environment(), stdout=self.s.logs_dir / "connect.out")
+        write_properties(conf, props, secret=True)
+        # BasicAuthSecurityRestExtension reads its users from the file its JAAS login module names.
+        users = self.run_dir / "connect-rest-users.properties"
+        write_private(users, f"{self.s.connect_rest_user}: {self.s.connect_rest_password.get_secret_value()}\n")
+        rest_jaas = self.run_dir / "connect-rest.jaas"
+        write_private(rest_jaas, "KafkaConnect {\n  org.apache.kafka.connect.rest.basic.auth.extension."
+                                 f'PropertyFileLoginModule required file="{users}";\n}};\n')
+        jvm = self.jvm("connect", self.s.connect_heap)
+        jvm.insert(1, f"-Djava.security.auth.login.config={rest_jaas}")
+        self.spawn([*jvm, "org.apache.kafka.connect.cli.ConnectDistributed", str(conf)],
+                   env=self.environment(), stdout=self.s.logs_dir / "connect.out")
 
     def ready(self) -> bool:
         # /connectors answers only once the worker has joined its group and read the config topic.
-        return requests.get(f"{self.s.connect_url}/connectors", timeout=2).status_code == 200
+        return requests.get(f"{self.s.connect_url}/connectors", auth=self.s.connect_auth, timeout=2).status_code == 200
 

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from cryptopipe import topics
 from cryptopipe.settings import Settings, load_settings
-from ops import airflow, db, flink
+from ops import airflow, db, flink, kafka_security
 from ops.connect_watchdog import ConnectWatchdog
 from ops.flink_deploy import FlinkJobKeeper
 from ops.kafka_admin import ensure_topics
@@ -59,14 +59,18 @@ class NativeStack:
         for svc in self.services:
             if svc not in todo:
                 print(f"  {svc.name:<10} already running (pid {svc.pid()})")
-                continue
-            started = time.monotonic()
-            svc.start()
-            if svc.wait_later:
-                pending.append((svc, started))
-                continue
-            wait_until(svc.name, svc.ready, self.s.start_timeout_s, svc.log_file)
-            print(f"  {svc.name:<10} up on {svc.address} ({time.monotonic() - started:.1f} s)")
+            else:
+                started = time.monotonic()
+                svc.start()
+                if svc.wait_later:
+                    pending.append((svc, started))
+                    continue
+                wait_until(svc.name, svc.ready, self.s.start_timeout_s, svc.log_file)
+                print(f"  {svc.name:<10} up on {svc.address} ({time.monotonic() - started:.1f} s)")
+            if isinstance(svc, Kafka):
+                # Every client after it (Connect first) logs in with a SCRAM user these make: also on a running
+                # broker, so a password changed in .env takes effect at the next `make up`.
+                print(f"  {'kafka':<10} {kafka_security.apply(self.s)}")
         for svc, started in pending:
             wait_until(svc.name, svc.ready, self.s.start_timeout_s, svc.log_file)
             print(f"  {svc.name:<10} up ({time.monotonic() - started:.1f} s)")
@@ -86,7 +90,7 @@ class NativeStack:
 
 def prepare(settings: Settings) -> None:
     """Topics and tables, both idempotent: what every part of the pipeline expects to find."""
-    done = ensure_topics(AdminClient({"bootstrap.servers": settings.kafka_bootstrap}), topics.declared(settings))
+    done = ensure_topics(AdminClient(settings.kafka_config()), topics.declared(settings))
     created = sorted(name for name, what in done.items() if what != "exists")
     print(f"  topics     {len(done)} declared" + (f", created or changed: {', '.join(created)}" if created else ", all present"))
     db.init(settings)

@@ -84,7 +84,7 @@ def service_table(stack: NativeStack) -> tuple[Table, set[str]]:
 
 def topic_table(stack: NativeStack) -> Table:
     """The declared topics with their record counts; a dead-letter topic holding records shows red."""
-    consumer = Consumer({"bootstrap.servers": stack.s.kafka_bootstrap, "group.id": "cryptopipe-status"})
+    consumer = Consumer({**stack.s.kafka_config(), "group.id": "cryptopipe-status"})
     table = Table(title="Kafka topics (records = retained offsets)", title_justify="left")
     for col in ("topic", "partitions", "records"):
         table.add_column(col, justify="left" if col == "topic" else "right")
@@ -127,7 +127,7 @@ def lag_table(stack: NativeStack) -> Table:
     table = Table(title="Consumer lag", title_justify="left")
     for col in ("group", "reader", "topic", "lag"):
         table.add_column(col, justify="right" if col == "lag" else "left")
-    probe = LagProbe(stack.s.kafka_bootstrap)
+    probe = LagProbe(stack.s.kafka_config())
     try:
         for group, reader in consumer_groups(stack).items():
             lag = probe.lag(group)
@@ -161,7 +161,7 @@ def freshness_table(stack: NativeStack) -> Table:
             rows = cur.fetchall()
     finally:
         conn.close()
-    client = redis.Redis.from_url(stack.s.redis_url, socket_timeout=2, decode_responses=True)
+    client = redis.Redis.from_url(stack.s.redis_url("reader"), socket_timeout=2, decode_responses=True)
     table = Table(title="Data freshness (age of the newest, event time; the 20 freshest symbols)", title_justify="left")
     for col in ("symbol", "trade in PostgreSQL", "candle in PostgreSQL", "price in Redis", "Redis stale"):
         table.add_column(col, justify="left" if col == "symbol" else "right")
@@ -179,7 +179,7 @@ def connect_tables(stack: NativeStack) -> list[Table]:
     plugins.add_column("class")
     plugins.add_column("type")
     plugins.add_column("version")
-    for p in requests.get(f"{base}/connector-plugins", timeout=5).json():
+    for p in requests.get(f"{base}/connector-plugins", auth=stack.s.connect_auth, timeout=5).json():
         plugins.add_row(p["class"], p["type"], p.get("version", ""))
     connectors = Table(title="Connectors (restarts: by the connect watchdog)", title_justify="left")
     for col in ("connector", "state", "tasks", "restarts", "last failure"):
@@ -208,7 +208,7 @@ def postgres_table(stack: NativeStack) -> Table:
 
 
 def redis_table(stack: NativeStack) -> Table:
-    client = redis.Redis.from_url(stack.s.redis_url, socket_timeout=2)
+    client = redis.Redis.from_url(stack.s.redis_url("reader"), socket_timeout=2)
     prefixes = Counter(key.split(b":", 1)[0].decode(errors="replace") for key in client.scan_iter(count=1000))
     table = Table(title="Redis keys", title_justify="left")
     table.add_column("prefix")

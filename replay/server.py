@@ -5,7 +5,8 @@ errors and request-weight accounting (X-MBX-USED-WEIGHT-1M, 429 with Retry-After
 keeps going), releases trades as if live at a chosen speed, and injects faults on request for tests:
 
     POST /_replay/faults  {"kind": "503", "count": 2, "symbol": "BTCUSDT"}   (kinds: see FAULT_KINDS)
-    GET  /_replay/stats   requests, weights, 429s and 418s seen, and the streams' counters
+                          with `Authorization: Bearer <REPLAY_TOKEN>`, else 401
+    GET  /_replay/stats   requests, weights, 429s and 418s seen, and the streams' counters (open: it only reads)
 
 Binance's WebSocket streams (replay/ws.py) run beside it on --ws-port, on the same clock, tapes and faults.
 
@@ -15,6 +16,7 @@ Binance's WebSocket streams (replay/ws.py) run beside it on --ws-port, on the sa
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import logging
 import signal
@@ -58,6 +60,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
     server_version = "replay-binance"
     replay: Replay
+    token: str | None = None  # of POST /_replay/...; None refuses them all
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -77,10 +80,19 @@ class Handler(BaseHTTPRequestHandler):
     def send_error_json(self, status: int, code: int, msg: str, used: int | None, extra=None) -> None:
         self.send(status, json.dumps({"code": code, "msg": msg}).encode(), used, extra)
 
+    def authorized(self) -> bool:
+        given = self.headers.get("Authorization", "").encode()
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        return bool(self.token) and hmac.compare_digest(given, f"Bearer {self.token}".encode())
+
     def do_POST(self):  # noqa: N802 - the stdlib's name
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
+        raw = self.rfile.read(length)  # read even when refused, or the connection's next request starts mid-body
+        if url.path.startswith("/_replay/") and not self.authorized():
+            return self.send_error_json(401, -1, "missing or wrong token: fault injection needs the header "
+                                        "Authorization: Bearer <REPLAY_TOKEN>", None, {"WWW-Authenticate": "Bearer"})
+        body = json.loads(raw or b"{}")
         if url.path == "/_replay/faults":
             faults = [Fault(**f) for f in (body if isinstance(body, list) else [body])]
             for f in faults:
@@ -259,16 +271,19 @@ def shift_each_to_now(tapes: dict[str, SymbolTape]) -> dict[str, int]:
     return {symbol: shift_to_now({symbol: tape}, live=False) for symbol, tape in tapes.items()}
 
 
-def make_server(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"replay": replay})
+def make_server(replay: Replay, host: str = "127.0.0.1", port: int = 0,
+                token: str | None = None) -> ThreadingHTTPServer:
+    """`token`: the bearer token POST /_replay/faults needs; without one, no request may inject faults."""
+    handler = type("BoundHandler", (Handler,), {"replay": replay, "token": token})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
 
-def start_in_thread(replay: Replay, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+def start_in_thread(replay: Replay, host: str = "127.0.0.1", port: int = 0,
+                    token: str | None = None) -> tuple[ThreadingHTTPServer, str]:
     """For tests and benchmarks: serve in a background thread; returns the server and its base URL."""
-    server = make_server(replay, host, port)
+    server = make_server(replay, host, port, token)
     threading.Thread(target=server.serve_forever, name="replay-server", daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}"
 
@@ -311,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     replay = Replay(tapes, speed=args.speed, weight_limit=args.weight_limit, window_s=args.window_s, ban_s=args.ban_s,
                     delay_s=args.delay_s)
     try:
-        server = make_server(replay, args.host, args.port)
+        server = make_server(replay, args.host, args.port, s.replay_token.get_secret_value())
     except OSError as err:
         raise SystemExit(f"error: cannot serve REST on {args.host}:{args.port} ({err.strerror}); "
                          "set REPLAY_PORT in .env or pass --port") from None

@@ -18,8 +18,8 @@ from replay.state import Replay
 from replay.tape import load_tapes
 from replay.ws import start_ws_in_thread
 
-from .helpers import (TAPES, Process, create_topics, delete_topics, kill_running, make_demo, tape, topic_size,
-                      wait_for)
+from .helpers import (REPLAY_AUTH, REPLAY_TOKEN, TAPES, Process, create_topics, delete_topics, kill_running, make_demo,
+                      tape, topic_size, wait_for)
 
 
 def pytest_collection_modifyitems(items):
@@ -92,7 +92,7 @@ def harness(settings, unique, tmp_path):
                 shutil.copy(TAPES / name, folder)
             self.expected = {sym: tape(name) for sym, name in tapes.items()}
             self.replay = Replay(load_tapes(folder), **kwargs)
-            self.server, self.url = start_in_thread(self.replay)
+            self.server, self.url = start_in_thread(self.replay, token=REPLAY_TOKEN)
             if ws is not None:
                 self.ws, self.ws_url = start_ws_in_thread(self.replay, **ws)
 
@@ -109,7 +109,8 @@ def harness(settings, unique, tmp_path):
             return proc
 
         def fault(self, *faults: dict) -> None:
-            requests.post(f"{self.url}/_replay/faults", json=list(faults), timeout=5).raise_for_status()
+            requests.post(f"{self.url}/_replay/faults", json=list(faults), headers=REPLAY_AUTH,
+                          timeout=5).raise_for_status()
 
         def total(self) -> int:
             return sum(len(v) for v in self.expected.values())

@@ -31,11 +31,15 @@ XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
 # Every secret Settings requires, for Settings(_env_file=None, **SECRETS) in unit tests.
 SECRETS = {"pg_owner_password": "o", "pg_writer_password": "w", "pg_airflow_password": "f",
            "pg_retention_password": "t", "pg_reader_password": "r", "airflow_admin_password": "a",
-           "airflow_db_password": "d", "airflow_jwt_secret": "j", "connect_rest_password": "c",
-           "replay_token": "x", **{f"kafka_{u.replace('-', '_')}_password": "k" + u
+           "airflow_db_password": "d", "airflow_jwt_secret": "j", "connect_rest_password": "connect-rest-pw",
+           "replay_token": "x", **{f"kafka_{u.replace('-', '_')}_password": f"kafka-{u}-pw"
                                    for u in ("admin", "source", "stream", "redis-sink", "alert-notifier",
                                              "connect", "airflow")},
            **{f"redis_{u}_password": "r" + u for u in ("admin", "sink", "notifier", "reader")}}
+
+# The token of the replay servers tests start in a thread, and the header their fault endpoint needs.
+REPLAY_TOKEN = "test-replay-token"
+REPLAY_AUTH = {"Authorization": f"Bearer {REPLAY_TOKEN}"}
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.25):
@@ -50,7 +54,7 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.25):
 
 
 def create_topics(settings, *names: str, partitions: int = 3) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     # Unlimited retention: the tapes' event times are years old, and time-based retention would delete
     # them while a test still reads.
     topics = [NewTopic(n, num_partitions=partitions, replication_factor=1, config={"retention.ms": "-1"}) for n in names]
@@ -59,13 +63,13 @@ def create_topics(settings, *names: str, partitions: int = 3) -> None:
 
 
 def delete_topics(settings, *names: str) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     for fut in admin.delete_topics(list(names)).values():
         fut.result()
 
 
 def topic_size(settings, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "size-probe"})
+    consumer = Consumer({**settings.kafka_config(), "group.id": "size-probe"})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         total = 0
@@ -79,7 +83,7 @@ def topic_size(settings, topic: str) -> int:
 
 def read_topic(settings, topic: str, timeout: float = 30.0) -> list:
     """Every committed record now in the topic, partition by partition, in offset order."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "reader",
+    consumer = Consumer({**settings.kafka_config(), "group.id": "reader",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     out = []
     try:
@@ -116,6 +120,9 @@ class Process:
     def __init__(self, module: str, env: dict[str, str], log_path: Path):
         self.log_path = log_path
         self.log = open(log_path, "ab")
+        # Tests run functions on topics of their own, which only admin's rights cover (each component's ACLs
+        # name the stack's topics); tests/test_kafka_acl.py checks those ACLs.
+        env = {"KAFKA_AS_ADMIN": "true", **env}
         self.proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -143,7 +150,7 @@ class Process:
 
 def caught_up(settings, group: str, topic: str) -> bool:
     """The consumer group has committed the end of every partition of the topic."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    consumer = Consumer({**settings.kafka_config(), "group.id": group})
     try:
         parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
         for committed in consumer.committed(parts, timeout=10):
@@ -207,7 +214,8 @@ def start_flink_job(settings, name: str, **update):
     """The stream job of flink/*.sql on the stack's Flink cluster under a job name (so also checkpoints and
     transactional ids), consumer group and topics of a test's own: the settings copy it runs with, once its tasks
     run. An empty partition holds the windows back for 2 s only."""
-    s = settings.model_copy(update={"flink_job_name": name, "flink_idle_timeout_s": 2, **update})
+    s = settings.model_copy(update={"flink_job_name": name, "flink_idle_timeout_s": 2, "kafka_as_admin": True,
+                                    **update})
     flink_deploy.ensure_running(s)
     return s
 

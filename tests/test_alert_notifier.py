@@ -111,10 +111,10 @@ def harness(settings, unique, tmp_path):
         dlq_prefix = f"test.{unique}.dlq."
         dlq = dlq_prefix + "alert-notifier"
         group = f"test-alert-notifier-{unique}"
-        prefix = f"test:{unique}:alert:"
+        prefix = f"{settings.alert_redis_prefix}test:{unique}:"  # its Redis user may touch only this prefix
         receiver = Receiver()
         procs: list[Process] = []
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        producer = Producer(settings.kafka_config())
 
         def send(self, *records) -> None:
             for r in records:
@@ -148,7 +148,7 @@ def harness(settings, unique, tmp_path):
     kill_running(h.procs)
     h.receiver.shutdown()
     delete_topics(settings, h.topic, h.dlq)
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis.Redis.from_url(settings.redis_url("admin"))
     for key in r.scan_iter(f"{h.prefix}*"):
         r.delete(key)
 

@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from chaos import malformed
 from cryptopipe import schemas, topics
 from functions.binance_source.trades import trade_value
-from ops import flink_deploy
+from ops import flink_deploy, kafka_security
 from ops.connectors import is_running, load_configs
 
 from .helpers import (Process, caught_up, create_topics, delete_topics, kill_running, latest_by_key, plain_candles,
@@ -82,7 +82,7 @@ def flow(settings, stack, tmp_path_factory):
     f = Flow()
     create_topics(settings, f.trades, f.valid, f.candles, f.stats, f.alerts, partitions=3)
     create_topics(settings, f.stream_dlq, f.redis_dlq, partitions=1)
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis.Redis.from_url(settings.redis_url("admin"))  # the cleanup deletes the run's keys
 
     def sent(kind, key, value):
         def delivered(err, msg):
@@ -91,7 +91,7 @@ def flow(settings, stack, tmp_path_factory):
         return delivered
 
     try:
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random"})
+        producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random"})
         for symbol, trades in f.good.items():
             bad = malformed.records(symbol)
             every = len(trades) // (len(bad) + 1)
@@ -175,7 +175,7 @@ def test_the_validated_trades_and_the_candles_are_those_of_the_good_trades(setti
 
 
 def test_redis_holds_the_last_good_price(settings, flow):
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
     for symbol, trades in flow.good.items():
         last = trades[-1]
         wait_for(lambda: r.hget(f"price:{symbol}", "agg_id") == str(last["a"]), 30, f"{symbol}'s last price")
@@ -201,9 +201,10 @@ def test_the_jdbc_sink_reads_only_validated_trades_and_stays_running(settings, f
     cur.execute(f"GRANT SELECT, INSERT, UPDATE ON {table} TO crypto_writer")
     url = f"{settings.connect_url}/connectors/{name}"
     try:
-        requests.put(f"{url}/config", json=config | {"topics": flow.valid, "collection.name.format": table,
-                                                      "errors.deadletterqueue.topic.name": dlq},
-                     timeout=30).raise_for_status()
+        config = config | {"topics": flow.valid, "collection.name.format": table,
+                           "errors.deadletterqueue.topic.name": dlq}
+        kafka_security.grant(settings, kafka_security.connector_grants(name, config))
+        requests.put(f"{url}/config", json=config, auth=settings.connect_auth, timeout=30).raise_for_status()
 
         def rows():
             cur.execute(f"SELECT symbol, agg_id, price, qty FROM {table}")
@@ -212,10 +213,10 @@ def test_the_jdbc_sink_reads_only_validated_trades_and_stays_running(settings, f
         wait_for(lambda: len(rows()) >= len(flow.sent_good), 120, f"{len(flow.sent_good)} rows in {table}", 0.5)
         assert sorted(rows()) == sorted((s, t["a"], Decimal(t["p"]), Decimal(t["q"]))
                                         for s, trades in flow.good.items() for t in trades)
-        assert is_running(requests.get(f"{url}/status", timeout=10).json())
+        assert is_running(requests.get(f"{url}/status", auth=settings.connect_auth, timeout=10).json())
         assert read_topic(settings, dlq) == []
     finally:
-        requests.delete(url, timeout=30)
+        requests.delete(url, auth=settings.connect_auth, timeout=30)
         cur.execute(f"DROP TABLE IF EXISTS {table}")
         owner.close()
         delete_topics(settings, dlq)

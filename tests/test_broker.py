@@ -12,11 +12,11 @@ N = 10_000
 
 def test_ten_thousand_records_round_trip(stack, settings, unique):
     topic = f"test.broker-{unique}"
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result()
 
     failed = []
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "acks": "all"})
     for i in range(N):
         producer.produce(topic, key=str(i % 7), value=str(i).encode(),
                          on_delivery=lambda err, msg: err and failed.append(err))
@@ -25,7 +25,7 @@ def test_ten_thousand_records_round_trip(stack, settings, unique):
     assert failed == []
 
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap, "group.id": f"test-{unique}",
+        **settings.kafka_config(), "group.id": f"test-{unique}",
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
     })
     consumer.subscribe([topic])

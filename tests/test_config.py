@@ -26,7 +26,7 @@ def test_defaults_are_the_native_contract(monkeypatch):
     s = Settings(_env_file=None, **SECRETS)
     params = s.pg_params("owner")
     assert (params["user"], params["password"], params["host"], params["port"], params["dbname"]) == (
-        "crypto", "crypto", "127.0.0.1", 5432, "crypto")
+        "crypto", "o", "127.0.0.1", 5432, "crypto")  # the owner's password is a secret too, no default
     assert s.kafka_bootstrap == "127.0.0.1:9092"
     assert s.connect_url == "http://127.0.0.1:8083"
     assert s.pg_params("writer")["user"] == "crypto_writer"

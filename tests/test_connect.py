@@ -12,6 +12,7 @@ import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ops import kafka_security
 from ops.services import JDBC_SINK_CLASS
 
 from .helpers import wait_for
@@ -40,7 +41,7 @@ def record(i: int) -> bytes:
 
 
 def test_jdbc_sink_plugin_is_installed(stack, settings):
-    plugins = requests.get(f"{settings.connect_url}/connector-plugins", timeout=5).json()
+    plugins = requests.get(f"{settings.connect_url}/connector-plugins", auth=settings.connect_auth, timeout=5).json()
     assert JDBC_SINK_CLASS in {p["class"] for p in plugins}
 
 
@@ -48,7 +49,7 @@ def test_jdbc_sink_plugin_is_installed(stack, settings):
 def sink(settings, unique):
     """A topic, a dead-letter topic, a table the writer role may upsert into, and a JDBC sink between them."""
     topic, dlq, table, name = f"test.sink-{unique}", f"test.sink-dlq-{unique}", f"sink_test_{unique}", f"test-sink-{unique}"
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     for fut in admin.create_topics([NewTopic(t, 1, 1) for t in (topic, dlq)]).values():
         fut.result()
     owner = psycopg2.connect(**settings.pg_params("owner"))
@@ -80,10 +81,12 @@ def sink(settings, unique):
         "errors.deadletterqueue.topic.replication.factor": "1",
         "errors.deadletterqueue.context.headers.enable": "true",
     }
-    resp = requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, timeout=30)
+    # The worker's user may read only the stack's topics: this connector's are granted, as an operator would.
+    kafka_security.grant(settings, kafka_security.connector_grants(name, config))
+    resp = requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, auth=settings.connect_auth, timeout=30)
     assert resp.status_code == 201, resp.text
     yield {"topic": topic, "dlq": dlq, "table": table, "name": name, "owner": owner}
-    requests.delete(f"{settings.connect_url}/connectors/{name}", timeout=30)
+    requests.delete(f"{settings.connect_url}/connectors/{name}", auth=settings.connect_auth, timeout=30)
     with owner.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {table}")
     owner.close()
@@ -91,7 +94,7 @@ def sink(settings, unique):
 
 
 def produce(settings, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "linger.ms": 5})
     for value in values:
         producer.produce(topic, key=b"BTCUSDT", value=value)
         producer.poll(0)
@@ -100,7 +103,7 @@ def produce(settings, topic: str, values: list[bytes]) -> None:
 
 def committed_to_end(settings, name: str, topic: str) -> bool:
     """The sink's consumer group has committed every record of the topic: all of it was handled."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"connect-{name}"})
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"connect-{name}"})
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
         [committed] = consumer.committed([TopicPartition(topic, 0)], timeout=5)
@@ -110,7 +113,7 @@ def committed_to_end(settings, name: str, topic: str) -> bool:
 
 
 def connector_state(settings, name: str) -> tuple[str, list[str]]:
-    status = requests.get(f"{settings.connect_url}/connectors/{name}/status", timeout=5).json()
+    status = requests.get(f"{settings.connect_url}/connectors/{name}/status", auth=settings.connect_auth, timeout=5).json()
     return status["connector"]["state"], [t["state"] for t in status["tasks"]]
 
 
@@ -141,7 +144,7 @@ def test_plain_json_upserts_through_the_jdbc_sink(stack, settings, sink):
     wait_for(lambda: count() == N + 1, 60, "the record after the bad ones")
     assert connector_state(settings, sink["name"]) == ("RUNNING", ["RUNNING"])
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"dlq-{sink['name']}",
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"dlq-{sink['name']}",
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([sink["dlq"]])
     dead = []

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 from cryptopipe.run import read_status
 from cryptopipe.settings import ROOT, Settings
 from functions.binance_source.trades import trade_value
-from ops import connect_watchdog
+from ops import connect_watchdog, kafka_security
 from ops.connect_watchdog import HEALTHY_AFTER_S, Watchdog
 from ops.connectors import load_configs
 
@@ -97,9 +97,11 @@ def failing_sink(settings, unique):
     # One task for the one partition, so "task 0" is the task that fails.
     config = load_configs()["jdbc-trades"] | {"topics": topic, "collection.name.format": table,
                                               "errors.deadletterqueue.topic.name": dlq, "tasks.max": "1"}
-    requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, timeout=30).raise_for_status()
+    # The worker's user may read only the stack's topics: this connector's are granted, as an operator would.
+    kafka_security.grant(settings, kafka_security.connector_grants(name, config))
+    requests.put(f"{settings.connect_url}/connectors/{name}/config", json=config, auth=settings.connect_auth, timeout=30).raise_for_status()
     yield {"topic": topic, "table": table, "name": name, "cur": cur}
-    requests.delete(f"{settings.connect_url}/connectors/{name}", timeout=30)
+    requests.delete(f"{settings.connect_url}/connectors/{name}", auth=settings.connect_auth, timeout=30)
     cur.execute(f"DROP TABLE IF EXISTS {table}")
     owner.close()
     delete_topics(settings, topic, dlq)
@@ -108,7 +110,7 @@ def failing_sink(settings, unique):
 def test_the_watchdog_restarts_a_failed_sink_by_itself(stack, settings, failing_sink):
     name, table, cur = failing_sink["name"], failing_sink["table"], failing_sink["cur"]
     trades = tape("btcusdt_aggtrades_20210404.json")[:400]
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+    producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
 
     def produce(items: list[dict]) -> None:
         for item in items:
@@ -122,7 +124,7 @@ def test_the_watchdog_restarts_a_failed_sink_by_itself(stack, settings, failing_
 
     def task_states() -> list[str]:
         return [t["state"] for t in
-                requests.get(f"{settings.connect_url}/connectors/{name}/status", timeout=5).json()["tasks"]]
+                requests.get(f"{settings.connect_url}/connectors/{name}/status", auth=settings.connect_auth, timeout=5).json()["tasks"]]
 
     produce(trades[:200])
     wait_for(lambda: count() == 200, 90, "the first 200 trades")

@@ -35,7 +35,7 @@ def test_the_java_check_refuses_exactly_what_the_python_contract_refuses(setting
     try:
         sent = [(name, key, value) for name, key, value in records("BTCUSDT")] + [
             (name, b"BTCUSDT", value) for name, value in EDGES]
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        producer = Producer(settings.kafka_config())
         for _, key, value in sent:
             producer.produce(topic, key=key, value=value, timestamp=1_700_000_000_000)
         assert producer.flush(10) == 0

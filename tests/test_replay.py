@@ -16,7 +16,7 @@ from replay.server import start_in_thread
 from replay.state import Replay
 from replay.tape import load_tapes
 
-from .helpers import TAPES, tape
+from .helpers import REPLAY_AUTH, REPLAY_TOKEN, TAPES, Process, free_port, tape
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def serve():
     servers = []
 
     def start(tape_dir=TAPES, shift_minutes=0, **kwargs):
-        server, url = start_in_thread(Replay(load_tapes(tape_dir, shift_minutes), **kwargs))
+        server, url = start_in_thread(Replay(load_tapes(tape_dir, shift_minutes), **kwargs), token=REPLAY_TOKEN)
         servers.append(server)
         return url
 
@@ -140,8 +140,54 @@ def test_tape_symbols_missing_from_exchange_info_get_an_entry(serve, tmp_path):
 
 def test_injected_faults_are_served_once(serve):
     url = serve()
-    requests.post(f"{url}/_replay/faults", json=[{"kind": "503"}, {"kind": "malformed"}], timeout=5)
+    requests.post(f"{url}/_replay/faults", json=[{"kind": "503"}, {"kind": "malformed"}], headers=REPLAY_AUTH,
+                  timeout=5).raise_for_status()
     assert get(url, "/api/v3/aggTrades", symbol="BTCUSDT").status_code == 503
     with pytest.raises(json.JSONDecodeError):
         json.loads(get(url, "/api/v3/aggTrades", symbol="BTCUSDT").text)
     assert get(url, "/api/v3/aggTrades", symbol="BTCUSDT").status_code == 200
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong", f"Bearer {REPLAY_TOKEN}x", REPLAY_TOKEN,
+                                  f"Basic {REPLAY_TOKEN}"])
+def test_fault_injection_without_the_token_is_refused_and_injects_nothing(serve, auth):
+    url = serve()
+    with requests.Session() as session:  # one kept-alive connection: the refused body must not spill over
+        refused = session.post(f"{url}/_replay/faults", json=[{"kind": "503"}, {"kind": "503"}], timeout=5,
+                               headers={"Authorization": auth} if auth else None)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+        assert "Authorization: Bearer <REPLAY_TOKEN>" in refused.json()["msg"]
+        assert session.get(f"{url}/api/v3/aggTrades", params={"symbol": "BTCUSDT"}, timeout=5).status_code == 200
+    assert get(url, "/_replay/stats").status_code == 200  # reading the counters needs no token
+
+
+def test_a_server_given_no_token_refuses_every_fault(tmp_path):
+    shutil.copy(TAPES / "btcusdt_aggtrades_20210404.json", tmp_path)
+    server, url = start_in_thread(Replay(load_tapes(tmp_path)))
+    try:
+        for auth in ("Bearer ", "Bearer None", f"Bearer {REPLAY_TOKEN}"):
+            assert requests.post(f"{url}/_replay/faults", json={"kind": "503"}, headers={"Authorization": auth},
+                                 timeout=5).status_code == 401
+        assert get(url, "/api/v3/aggTrades", symbol="BTCUSDT").status_code == 200
+    finally:
+        server.shutdown()
+
+
+def test_the_server_process_takes_its_token_from_the_settings(tmp_path):
+    shutil.copy(TAPES / "btcusdt_aggtrades_20210404.json", tmp_path)
+    port, token = free_port(), f"cli-{time.time_ns()}"
+    env = {"REPLAY_TOKEN": token, "REPLAY_PORT": str(port), "REPLAY_WS_PORT": str(free_port()),
+           "REPLAY_TAPE_DIR": str(tmp_path)}
+    proc = Process("replay.server", env, tmp_path / "replay.log")
+    try:
+        proc.wait_log("replaying")
+        url = f"http://127.0.0.1:{port}"
+        fault = {"kind": "503", "symbol": "BTCUSDT"}
+        assert requests.post(f"{url}/_replay/faults", json=fault, timeout=5).status_code == 401
+        assert requests.post(f"{url}/_replay/faults", json=fault, headers=REPLAY_AUTH, timeout=5).status_code == 401
+        assert requests.post(f"{url}/_replay/faults", json=fault, headers={"Authorization": f"Bearer {token}"},
+                             timeout=5).status_code == 200
+        assert get(url, "/api/v3/aggTrades", symbol="BTCUSDT").status_code == 503
+        assert token not in proc.output()
+    finally:
+        proc.stop()

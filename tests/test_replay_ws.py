@@ -24,7 +24,7 @@ from replay.state import Replay
 from replay.tape import load_tapes
 from replay.ws import start_ws_in_thread
 
-from .helpers import TAPES, tape
+from .helpers import REPLAY_AUTH, REPLAY_TOKEN, TAPES, tape
 
 BTC_FILE, ETH_FILE = "btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json"
 TRADES = {"BTCUSDT": tape(BTC_FILE), "ETHUSDT": tape(ETH_FILE)}
@@ -43,7 +43,7 @@ def serve(tmp_path):
             for name in (BTC_FILE, ETH_FILE):
                 shutil.copy(TAPES / name, tape_dir)
         replay = Replay(load_tapes(tape_dir), speed=speed)
-        server, url = start_in_thread(replay)
+        server, url = start_in_thread(replay, token=REPLAY_TOKEN)
         ws, ws_url = start_ws_in_thread(replay, **options)
         started.append((server, ws))
         return SimpleNamespace(url=url, ws_url=ws_url)
@@ -89,7 +89,7 @@ def stats(url: str) -> dict:
 
 
 def fault(url: str, **kind) -> None:
-    requests.post(f"{url}/_replay/faults", json=kind, timeout=5).raise_for_status()
+    requests.post(f"{url}/_replay/faults", json=kind, headers=REPLAY_AUTH, timeout=5).raise_for_status()
 
 
 def check_events(events: list[dict], symbol: str) -> list[int]:

@@ -22,7 +22,8 @@ from replay.server import shift_to_now, start_in_thread
 from replay.state import Replay
 from replay.tape import load_tapes
 
-from .helpers import TAPES, Process, kill_running, plain_candles, read_topic, restart_service, tape, wait_for
+from .helpers import (REPLAY_AUTH, REPLAY_TOKEN, TAPES, Process, kill_running, plain_candles, read_topic, restart_service,
+                      tape, wait_for)
 
 SHORT = ["btcusdt_aggtrades_20210404.json", "ethusdt_aggtrades_20210404.json", "dotusdt_aggtrades_20210404.json"]
 
@@ -40,13 +41,13 @@ def run_deploy(settings) -> tuple[int, str]:
 def test_deploying_twice_changes_nothing_and_no_secret_is_written(stack, settings):
     code, first = run_deploy(settings)
     assert code == 0, first
-    before = {n: requests.get(f"{settings.connect_url}/connectors/{n}", timeout=5).json()
+    before = {n: requests.get(f"{settings.connect_url}/connectors/{n}", auth=settings.connect_auth, timeout=5).json()
               for n in connectors.load_configs()}
     code, second = run_deploy(settings)
     assert code == 0, second
     assert second.count(": updated") == len(before) and ": created" not in second
     for name, config in connectors.load_configs().items():
-        after = requests.get(f"{settings.connect_url}/connectors/{name}", timeout=5).json()
+        after = requests.get(f"{settings.connect_url}/connectors/{name}", auth=settings.connect_auth, timeout=5).json()
         assert after["config"] == {**config, "name": name}
         assert after["tasks"] == before[name]["tasks"]
         assert config["connection.password"] == "${env:PG_WRITER_PASSWORD}"
@@ -58,7 +59,7 @@ def test_deploying_twice_changes_nothing_and_no_secret_is_written(stack, setting
 def test_a_poison_record_lands_in_the_dead_letter_topic(stack, settings):
     assert run_deploy(settings)[0] == 0
     marker = f"poison-{random.getrandbits(40)}"
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = Producer(settings.kafka_config())
     # jdbc-trades reads the stream function's validated trades: a poison record there is its converter's to catch.
     producer.produce("crypto.trades", key=b"POISON", value=f'{{"{marker}": oops'.encode())
     producer.flush(10)
@@ -71,7 +72,7 @@ def test_a_poison_record_lands_in_the_dead_letter_topic(stack, settings):
     assert headers["__connect.errors.topic"] == b"crypto.trades"
     assert headers["__connect.errors.connector.name"] == b"jdbc-trades"
     assert b"DataException" in headers["__connect.errors.exception.class.name"]
-    status = requests.get(f"{settings.connect_url}/connectors/jdbc-trades/status", timeout=5).json()
+    status = requests.get(f"{settings.connect_url}/connectors/jdbc-trades/status", auth=settings.connect_auth, timeout=5).json()
     assert status["connector"]["state"] == "RUNNING" and {t["state"] for t in status["tasks"]} == {"RUNNING"}
 
 
@@ -89,7 +90,7 @@ def world(settings, tmp_path):
     tapes = load_tapes(folder)
     shift_ms = shift_to_now(tapes, live=False) * 60_000
     replay = Replay(load_tapes(folder, shift_ms // 60_000))
-    server, url = start_in_thread(replay)
+    server, url = start_in_thread(replay, token=REPLAY_TOKEN)
     expected = {s: [dict(t, T=t["T"] + shift_ms) for t in tape(n)] for s, n in names.items()}
     yield {"url": url, "expected": expected, "tag": tag, "replay": replay}
     server.shutdown()
@@ -121,7 +122,8 @@ def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings,
     sink = Process("functions.redis_sink.sink", env, tmp_path / "redis.log")
     processes.append(sink)
     # Slow answers keep trades flowing for about two minutes, across all three faults.
-    requests.post(f"{world['url']}/_replay/faults", json={"kind": "slow", "delay_s": 1.0, "count": 10**6}, timeout=5)
+    requests.post(f"{world['url']}/_replay/faults", json={"kind": "slow", "delay_s": 1.0, "count": 10**6},
+                  headers=REPLAY_AUTH, timeout=5).raise_for_status()
     source = Process("functions.binance_source", env | {
         "BINANCE_BASE_URL": world["url"], "BINANCE_SYMBOLS": symbols, "BINANCE_START_TIME": "0",
         "BINANCE_PAGE_LIMIT": "25", "BINANCE_SOURCE_MODE": "rest"}, tmp_path / "source.log")
@@ -176,7 +178,7 @@ def test_end_to_end_through_postgres_redis_and_connect_failures(stack, settings,
         wait_for(lambda: {r[0] for r in rows("SELECT alert_id FROM alerts WHERE symbol = %s", symbol)} == wanted_alerts,
                  60, f"{symbol} alerts")
 
-        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
         last = trades[-1]
         wait_for(lambda: r.hget(f"price:{symbol}", "agg_id") == str(last["a"]), 60, f"{symbol} price in Redis")
         price = r.hgetall(f"price:{symbol}")

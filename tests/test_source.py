@@ -32,7 +32,7 @@ def test_every_trade_once_in_order_and_unknown_symbols_reported(settings, stack,
 def test_kill_9_at_random_points_then_resume_without_gap_or_duplicate(settings, stack, harness):
     harness.serve(XRP_TAPE)
     # 10 ms per answer and 50 trades a page: the tape takes ~3 s, so the kills land mid-stream.
-    requests.post(f"{harness.url}/_replay/faults", json={"kind": "slow", "delay_s": 0.01, "count": 10**6}, timeout=5)
+    harness.fault({"kind": "slow", "delay_s": 0.01, "count": 10**6})
     points = sorted(random.Random().sample(range(500, harness.total() - 2000), 2))
     sizes = []
     for point in points:
@@ -67,8 +67,7 @@ def test_weight_limit_is_never_crossed(settings, stack, harness):
 
 def test_429_and_418_stop_all_requests_until_retry_after(settings, stack, harness):
     harness.serve(SHORT_TAPES)
-    requests.post(f"{harness.url}/_replay/faults", timeout=5, json=[
-        {"kind": "429", "retry_after_s": 2}, {"kind": "418", "retry_after_s": 3}])
+    harness.fault({"kind": "429", "retry_after_s": 2}, {"kind": "418", "retry_after_s": 3})
     proc = harness.start("BTCUSDT,ETHUSDT,DOTUSDT", binance_page_limit=200)
     harness.wait_complete()
     assert proc.stop() == 0
@@ -93,7 +92,7 @@ def test_bad_answers_never_stop_it_and_the_stream_ends_complete(settings, stack,
         {"kind": "hole", "symbol": "BTCUSDT"}, {"kind": "backwards", "symbol": "ETHUSDT"},
         {"kind": "slow", "symbol": "DOTUSDT", "delay_s": 0.5},
     ]
-    requests.post(f"{harness.url}/_replay/faults", json=faults, timeout=5)
+    harness.fault(*faults)
     proc = harness.start("BTCUSDT,ETHUSDT,DOTUSDT,NOPEUSDT", binance_page_limit=100, binance_read_timeout_s=1)
     harness.wait_complete()
     wait_for(lambda: harness.status()["counters"].get("holes"), 10, "the status file")
@@ -116,13 +115,13 @@ def test_resume_skips_records_that_break_the_contract(settings, stack, unique):
     topic, symbol = f"test.resume-{unique}", f"RS{unique[:8].upper()}"
     create_topics(settings, topic)
     # The source's partitioner (Kafka's murmur2), so every record lands where the source looks for the symbol.
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random"})
     for agg_id in (7, 8, 9):
         producer.produce(topic, key=symbol.encode(), value=trade(symbol, agg_id=agg_id))
     for _, key, value in records(symbol):
         producer.produce(topic, key=key, value=value)
     assert producer.flush(10) == 0
     try:
-        assert newest_agg_ids(settings.kafka_bootstrap, topic, [symbol]) == {symbol: 9}
+        assert newest_agg_ids(settings.kafka_config(), topic, [symbol]) == {symbol: 9}
     finally:
         delete_topics(settings, topic)

@@ -85,9 +85,9 @@ def test_up_down_status_lifecycle(stack, settings, unique):
 
     # Data written before a restart is there after it: storage is never re-formatted.
     topic = f"test.lifecycle-{unique}"
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config())
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    producer = Producer({**settings.kafka_config(), "acks": "all"})
     producer.produce(topic, value=b"survives")
     assert producer.flush(10) == 0
 
@@ -111,7 +111,7 @@ def test_up_down_status_lifecycle(stack, settings, unique):
     up = make("up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert (settings.var_dir / "kafka" / "meta.properties").read_text() == cluster_id
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"lifecycle-{unique}",
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"lifecycle-{unique}",
                          "auto.offset.reset": "earliest"})
     consumer.assign([TopicPartition(topic, 0, 0)])
     deadline, msg = time.monotonic() + 30, None

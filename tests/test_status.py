@@ -29,11 +29,11 @@ def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):
     # A consumer group of our own, moved in as the Redis sink's group for this call, 5 records behind.
     topic, group = f"test.status-{unique}", f"test-status-{unique}"
     create_topics(settings, topic, partitions=1)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = Producer(settings.kafka_config())
     for i in range(7):
         producer.produce(topic, value=b"x%d" % i)
     producer.flush(10)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    consumer = Consumer({**settings.kafka_config(), "group.id": group})
     consumer.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
     consumer.close()
     # Topic settings moved for this test: `make up`'s prepare step creates the topics under the names in
@@ -62,7 +62,7 @@ def test_status_shows_dlq_depth_lag_and_freshness(stack, settings, unique):
     [lag_row] = cells(out, group)
     assert lag_row[2] == topic and lag_row[3] == "5"
 
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"probe-{unique}"})
+    probe = Consumer({**settings.kafka_config(), "group.id": f"probe-{unique}"})
     for name in (f"test.{unique}.dlq.stream", "crypto.dlq.jdbc-trades", f"test.{unique}.dlq.alert-notifier"):
         low, high = probe.get_watermark_offsets(TopicPartition(name, 0), timeout=10)
         [row] = cells(out, name)
@@ -83,7 +83,7 @@ def test_lag_of_a_transactional_topic_ignores_commit_markers(stack, settings, un
 
     topic, group = f"test.txn-{unique}", f"test-txn-{unique}"
     create_topics(settings, topic, partitions=1)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "transactional.id": f"test-{unique}"})
+    producer = Producer({**settings.kafka_config(), "transactional.id": f"test-{unique}"})
     producer.init_transactions(30)
     for batch in range(2):
         producer.begin_transaction()
@@ -91,12 +91,12 @@ def test_lag_of_a_transactional_topic_ignores_commit_markers(stack, settings, un
             producer.produce(topic, value=b"%d-%d" % (batch, i))
         producer.commit_transaction(30)
     # Offsets: records 0-2, marker 3, records 4-6, marker 7; the end offset is 8.
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    probe = Consumer({**settings.kafka_config(), "group.id": group})
     assert probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 8)
-    assert consumer_lag(settings.kafka_bootstrap, group) is None  # nothing committed yet
-    assert consumer_lag(settings.kafka_bootstrap, group, (topic,)) == {topic: 8}  # everything is ahead
+    assert consumer_lag(settings.kafka_config(), group) is None  # nothing committed yet
+    assert consumer_lag(settings.kafka_config(), group, (topic,)) == {topic: 8}  # everything is ahead
     probe.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)  # read all six records
-    assert consumer_lag(settings.kafka_bootstrap, group) == {topic: 0}
+    assert consumer_lag(settings.kafka_config(), group) == {topic: 0}
     probe.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)  # the second batch unread
-    assert consumer_lag(settings.kafka_bootstrap, group)[topic] > 0
+    assert consumer_lag(settings.kafka_config(), group)[topic] > 0
     probe.close()

@@ -190,7 +190,7 @@ def test_out_of_order_late_and_bad_records(settings, stack, pipeline):
     shuffled = first_minute[:]
     random.Random(3).shuffle(shuffled)  # out of order, all within the same minute (inside any grace)
     later = [t for t in trades if t["T"] // MIN > trades[0]["T"] // MIN]
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random"})
 
     def send(t, ts=None):
         value = (f'{{"symbol":"BTCUSDT","agg_id":{t["a"]},"price":{t["p"]},"qty":{t["q"]},"first_trade_id":{t["f"]},'

@@ -101,7 +101,8 @@ def test_kafka_connect_and_redis_start_under_the_supervisor(tmp_path, monkeypatc
 @pytest.fixture
 def scratch_env(tmp_path, unique):
     """The environment of a `make start` that keeps its pid files, status and logs under tmp_path."""
-    env = {**os.environ, "VAR_DIR": str(tmp_path / "var"), "LOGS_DIR": str(tmp_path / "logs")}
+    # On topics of its own, which only admin's ACLs cover.
+    env = {**os.environ, "VAR_DIR": str(tmp_path / "var"), "LOGS_DIR": str(tmp_path / "logs"), "KAFKA_AS_ADMIN": "true"}
     yield env
     subprocess.run(["make", "stop"], cwd=ROOT, env=env, capture_output=True, timeout=120)
 
@@ -207,7 +208,7 @@ def test_a_killed_connect_jvm_comes_back_by_itself(stack, settings):
     assert svc.pid() == supervisor
 
     def connectors_running():
-        statuses = requests.get(f"{settings.connect_url}/connectors", params={"expand": "status"}, timeout=5).json()
+        statuses = requests.get(f"{settings.connect_url}/connectors", params={"expand": "status"}, auth=settings.connect_auth, timeout=5).json()
         return all(is_running(info["status"]) for info in statuses.values())
 
     wait_for(connectors_running, 120, "every connector RUNNING again", 1)

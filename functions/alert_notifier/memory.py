@@ -55,7 +55,8 @@ class Memory:
     def __init__(self, settings: Settings, counters: Counters, stopping: Callable[[], bool]):
         self.s = settings
         self.counters = counters
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.redis = redis.Redis.from_url(settings.redis_url("alert-notifier"), socket_timeout=5,
+                                          socket_connect_timeout=3)
         self.cooldown_script = self.redis.register_script(COOLDOWN_SCRIPT)
         self.release_script = self.redis.register_script(RELEASE_SCRIPT)
         self.calls = RedisCalls(counters, log, stopping)

@@ -69,7 +69,7 @@ class AlertNotifier:
         except KafkaException as err:  # Kafka not up yet: the clients keep trying, so may we
             log.warning("could not list topics (%s)", err)
         self.consumer = Consumer({
-            "bootstrap.servers": self.s.kafka_bootstrap,
+            **self.s.kafka_config("alert-notifier"),
             "group.id": self.s.alert_notifier_group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

@@ -23,7 +23,7 @@ KAFKA_AWAY = (KafkaException, TimeoutError, RuntimeError, LookupError)
 
 def trades_producer(settings: Settings) -> Producer:
     return Producer({
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config("source"),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -99,7 +99,7 @@ class Delivery:
                         self.s.aggtrades_topic, attempt, err)
 
         return self.kafka_retry.call_with_retry(
-            lambda: newest_agg_ids(self.s.kafka_bootstrap, self.s.aggtrades_topic, symbols), fail,
+            lambda: newest_agg_ids(self.s.kafka_config("source"), self.s.aggtrades_topic, symbols), fail,
             with_failure_count=True)
 
     def recover(self, state: SymbolState) -> None:

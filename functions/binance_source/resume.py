@@ -37,15 +37,19 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+# Joined by no one and never committed to; set since a consumer needs a group (its ACL: ops/kafka_security.py).
+RESUME_GROUP = "binance-source-resume"
+
+
 def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def newest_agg_ids(bootstrap: str, topic: str, symbols: list[str], timeout: float = 10.0) -> dict[str, int]:
+def newest_agg_ids(client: dict[str, str], topic: str, symbols: list[str], timeout: float = 10.0) -> dict[str, int]:
     """{symbol: newest agg_id in the topic} for the symbols that have any; reads each symbol's partition
     backwards in growing chunks until it finds the symbol or reaches the partition's start."""
     consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "binance-source-resume", "enable.auto.commit": False,
+        **client, "group.id": RESUME_GROUP, "enable.auto.commit": False,
         "enable.partition.eof": True, "isolation.level": "read_committed",
     })
     try:

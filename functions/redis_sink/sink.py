@@ -49,10 +49,10 @@ class RedisSink:
         self.calls = RedisCalls(self.counters, log, lambda: self.stopping)
 
     def setup(self) -> None:
-        self.redis = redis.Redis.from_url(self.s.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.redis = redis.Redis.from_url(self.s.redis_url(COMPONENT), socket_timeout=5, socket_connect_timeout=3)
         self.writer = Writer(self.redis, self.s.redis_history_length)
         self.consumer = Consumer({
-            "bootstrap.servers": self.s.kafka_bootstrap,
+            **self.s.kafka_config("redis-sink"),
             "group.id": self.s.redis_sink_group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -100,8 +100,8 @@ class RedisSink:
 
     def run(self) -> None:
         self.setup()
-        log.info("reading %s and %s as group %s into %s", self.s.aggtrades_topic, self.s.candles_topic,
-                 self.s.redis_sink_group, self.s.redis_url)
+        log.info("reading %s and %s as group %s into Redis %s:%d", self.s.aggtrades_topic, self.s.candles_topic,
+                 self.s.redis_sink_group, self.s.redis_host, self.s.redis_port)
         try:
             while not self.stopping:
                 # Wait for one record, then take whatever else has already arrived: low latency when
