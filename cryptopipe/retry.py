@@ -62,6 +62,11 @@ class RedisCalls:
         """do() until Redis answers; `kept` names what waits meanwhile, for the log."""
 
         def fail(err: Exception, failures: int) -> None:
+            if isinstance(err, redis.AuthenticationError):
+                # A ConnectionError to redis-py, but no wait mends it: stop, naming the fix.
+                self.log.error("Redis refused this function's login (%s): its REDIS_*_PASSWORD in .env differs from "
+                               "the one Redis was started with; `make down && make up` starts Redis with .env's", err)
+                raise err
             self.counters.count("redis_errors")
             self.log.warning("Redis unavailable (%s); %s kept, retry %d", err, kept, failures)
             if self.stopping():

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     KAFKA_USERS: ClassVar[dict[str, str]] = {
         "admin": "admin", "source": "binance-source", "stream": "crypto-stream", "redis-sink": "redis-sink",
         "alert-notifier": "alert-notifier", "connect": "kafka-connect", "airflow": "airflow",
+        # Only docker-compose runs these two: ksqlDB (the stream engine there) and the Kafka UI (read-only).
+        "ksqldb": "ksqldb", "kafka-ui": "kafka-ui",
     }
     kafka_admin_password: SecretStr
     kafka_source_password: SecretStr
@@ -60,6 +62,8 @@ class Settings(BaseSettings):
     kafka_alert_notifier_password: SecretStr
     kafka_connect_password: SecretStr
     kafka_airflow_password: SecretStr
+    kafka_ksqldb_password: SecretStr
+    kafka_kafka_ui_password: SecretStr
     # Every component connects as `admin` instead of its own user: only for tests and benches that run a
     # component on topics of their own, which no component's ACLs cover.
     kafka_as_admin: bool = False
@@ -245,7 +249,8 @@ class Settings(BaseSettings):
 
     @field_validator("kafka_admin_password", "kafka_source_password", "kafka_stream_password",
                      "kafka_redis_sink_password", "kafka_alert_notifier_password", "kafka_connect_password",
-                     "kafka_airflow_password", "connect_rest_password")
+                     "kafka_airflow_password", "kafka_ksqldb_password", "kafka_kafka_ui_password",
+                     "connect_rest_password")
     @classmethod
     def _login_quotable(cls, value: SecretStr) -> SecretStr:
         # These land inside JAAS options ("...") and SQL string literals ('...') of generated configs.

@@ -37,6 +37,11 @@ SCRAM_ITERATIONS = 8192
 R, W, D, C = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE, AclOperation.CREATE
 TOPIC, GROUP, TXN = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
 LITERAL, PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+# Kafka's cluster resource (librdkafka calls the type BROKER; the one name it has is fixed).
+CLUSTER, CLUSTER_NAME = ResourceType.BROKER, "kafka-cluster"
+# docker-compose's KSQL_KSQL_SERVICE_ID, and the prefix ksqlDB puts before its internal topics and groups.
+KSQL_SERVICE_ID = "crypto_"
+KSQL_PREFIX = f"_confluent-ksql-{KSQL_SERVICE_ID}"
 
 
 class Grant(NamedTuple):
@@ -84,6 +89,21 @@ def grants(settings: Settings) -> list[Grant]:
         out.extend(connector_grants(name, config))
     # Airflow reads the raw trades to reconcile them with PostgreSQL (without a group: it assigns partitions).
     topic("airflow", s.aggtrades_topic, R)
+    # ksqlDB (docker-compose's stream engine, service id `crypto_`, ksql/*.sql): the same input and outputs as the
+    # stream job, plus what it keeps for itself under its service id: internal, command and processing-log topics,
+    # consumer groups, and the broker configs it reads at start.
+    topic("ksqldb", s.aggtrades_topic, R)
+    for name in (s.trades_topic, s.candles_topic, s.stats_topic, s.alerts_topic, s.dlq_topic("stream")):
+        topic("ksqldb", name, W)
+    for kind in (TOPIC, GROUP, TXN):
+        out.append(Grant("ksqldb", kind, KSQL_PREFIX, AclOperation.ALL, PREFIXED))
+    out.append(Grant("ksqldb", TOPIC, KSQL_SERVICE_ID, AclOperation.ALL, PREFIXED))
+    out.append(Grant("ksqldb", CLUSTER, CLUSTER_NAME, AclOperation.DESCRIBE_CONFIGS))
+    # The Kafka UI (docker-compose) looks: topics, their records and configs, groups and the cluster; writes nothing.
+    for op in (R, D, AclOperation.DESCRIBE_CONFIGS):
+        out.append(Grant("kafka-ui", TOPIC, "*", op))
+    out.append(Grant("kafka-ui", GROUP, "*", D))
+    out.extend(Grant("kafka-ui", CLUSTER, CLUSTER_NAME, op) for op in (D, AclOperation.DESCRIBE_CONFIGS))
     return out
 
 

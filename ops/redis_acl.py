@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
-from cryptopipe.settings import Settings, user_field
+from cryptopipe.settings import Settings, load_settings, user_field
 
 # Logging in and the connection's own settings (AUTH, HELLO, PING, SELECT, CLIENT SETNAME...), without the
 # ones that act on other clients (CLIENT KILL, CLIENT LIST, CLIENT PAUSE).
@@ -59,3 +60,17 @@ def write_acl_file(s: Settings, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def main(argv: list[str]) -> int:
+    """`python -m ops.redis_acl PATH`: docker-compose's init writes the file its Redis reads."""
+    if len(argv) != 2:
+        print("usage: python -m ops.redis_acl PATH", file=sys.stderr)
+        return 2
+    write_acl_file(load_settings(), Path(argv[1]))
+    print(f"  redis      {len(Settings.REDIS_USERS)} users written to {argv[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -34,7 +34,7 @@ SECRETS = {"pg_owner_password": "o", "pg_writer_password": "w", "pg_airflow_pass
            "airflow_db_password": "d", "airflow_jwt_secret": "j", "connect_rest_password": "connect-rest-pw",
            "replay_token": "x", **{f"kafka_{u.replace('-', '_')}_password": f"kafka-{u}-pw"
                                    for u in ("admin", "source", "stream", "redis-sink", "alert-notifier",
-                                             "connect", "airflow")},
+                                             "connect", "airflow", "ksqldb", "kafka-ui")},
            **{f"redis_{u}_password": "r" + u for u in ("admin", "sink", "notifier", "reader")}}
 
 # The token of the replay servers tests start in a thread, and the header their fault endpoint needs.
