@@ -10,15 +10,26 @@ Hourly technical indicators per symbol on the 1-minute closes of `candles_1m`, i
 
 Minutes are the candles that exist (a minute without trades has no candle, so the series skips it). Each run
 reads `WARMUP` minutes before its interval so the indicators are warm at the interval's start, and writes only
-the interval's rows, idempotently. Reads with `crypto_reader`, writes with `crypto_writer`; SQL in `sql/`.
+the interval's rows, idempotently. Reads with `crypto_reader`, writes with `crypto_airflow`; SQL in `sql/`.
+
+Params for a manual run: `start` and `end` (ISO-8601 with zone) and `symbols` (a list or comma-separated).
+Their JSON schemas refuse a bad conf when the run is triggered; the task checks the window (an end not in the
+future, a start before the end) before it reads anything.
 """
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from airflow.sdk import DAG, task
+
+# crypto_params sits next to this file. Airflow's processes put this folder on sys.path; a bare DagBag
+# (ops.dag_run, the tests) does not.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
+from crypto_params import check_window, symbol_list, symbols_param, window_params  # noqa: E402
 
 SQL = Path(__file__).parent / "sql"
 WARMUP = 240  # minutes of history read before the interval
@@ -68,7 +79,7 @@ with DAG(
     catchup=False,
     tags=["crypto", "analysis"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
-    params={"start": None, "end": None, "symbols": None},
+    params={**window_params(), "symbols": symbols_param()},
 ) as dag:
 
     @task
@@ -78,9 +89,11 @@ with DAG(
         end = params["end"] or data_interval_end
         start = params["start"] or (data_interval_start if data_interval_start < data_interval_end
                                     else data_interval_end - timedelta(hours=1))
+        check_window(start, end)
+        symbols = symbol_list(params["symbols"])
         rows = PostgresHook(postgres_conn_id="crypto_reader").get_records(
             (SQL / "closes_for_analysis.sql").read_text(),
-            parameters={"start": start, "end": end, "warmup": WARMUP, "symbols": params["symbols"]})
+            parameters={"start": start, "end": end, "warmup": WARMUP, "symbols": symbols})
         by_symbol: dict[str, list[tuple]] = {}
         for symbol, window_start, close in rows:
             by_symbol.setdefault(symbol, []).append((window_start, close))
@@ -91,7 +104,7 @@ with DAG(
             for (window_start, close), ind in zip(series, values):
                 if window_start >= start_ts:
                     out.append((symbol, window_start, close, *ind))
-        writer = PostgresHook(postgres_conn_id="crypto_writer")
+        writer = PostgresHook(postgres_conn_id="crypto_airflow")
         conn = writer.get_conn()
         with conn, conn.cursor() as cur:
             cur.executemany((SQL / "upsert_indicators.sql").read_text(), out)

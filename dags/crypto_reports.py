@@ -14,23 +14,32 @@ Hourly and daily market reports per symbol, as HTML pages built from `candles_1m
 | hourly | the hour before the run (its data interval) | every run |
 | daily | the 24 hours before the run | when the run's interval ends at 00:00 UTC |
 
-Params for a manual run: `start` and `end` (ISO-8601) report exactly that range, e.g. a replayed tape; without
-them a manual run reports the hour before its logical date. `symbols` narrows the report (default: every symbol
-with candles). `period` (`hourly` or `daily`) writes only that report, over `start`/`end` or else the hour or
-the 24 hours ending at the run's interval end.
+Params for a manual run: `start` and `end` (ISO-8601 with zone) report exactly that range, e.g. a replayed tape;
+without them a manual run reports the hour before its logical date. `symbols` (a list or comma-separated)
+narrows the report (default: every symbol with candles). `period` (`hourly` or `daily`) writes only that
+report, over `start`/`end` or else the hour or the 24 hours ending at the run's interval end. Their JSON
+schemas refuse a bad conf when the run is triggered; a report task checks its window (an end not in the
+future, a start before the end) before it reads anything.
 
 Each page goes to `$CRYPTO_REPORTS_DIR/<period>/crypto_report_<period>_<YYYYmmddTHHMM>.html` (the window's
 start, UTC; without the variable, `reports/` at the repository root) and is recorded in `reports` with the id
-`<period>:<YYYYmmddTHHMM>`, so a re-run replaces both. Reads with `crypto_reader`, records with `crypto_writer`;
+`<period>:<YYYYmmddTHHMM>`, so a re-run replaces both. Reads with `crypto_reader`, records with `crypto_airflow`;
 the SQL is in `sql/report_*.sql`, the page in `templates/crypto_report.html.j2`.
 """
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
+
+# crypto_params sits next to this file. Airflow's processes put this folder on sys.path; a bare DagBag
+# (ops.dag_run, the tests) does not.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
+from crypto_params import check_window, symbol_list, symbols_param, window_params  # noqa: E402
 
 SQL = Path(__file__).parent / "sql"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -130,12 +139,8 @@ def write_report(period: str, window: dict, run_id: str | None) -> str:
 
     end = as_utc(window["end"])
     start = as_utc(window["start"]) if window.get("start") else end - LENGTH[period]
-    if start >= end:
-        raise ValueError(f"empty report window: {start} .. {end}")
-    symbols = window.get("symbols")
-    if isinstance(symbols, str):  # typed into the trigger form as "BTCUSDT,ETHUSDT"
-        symbols = [s.strip() for s in symbols.split(",") if s.strip()]
-    parameters = {"start": start, "end": end, "symbols": symbols or None}
+    check_window(start, end)
+    parameters = {"start": start, "end": end, "symbols": symbol_list(window.get("symbols"))}
 
     reader = PostgresHook(postgres_conn_id="crypto_reader")
     names = [f for f, _ in FIELDS]
@@ -157,7 +162,7 @@ def write_report(period: str, window: dict, run_id: str | None) -> str:
     partial.write_text(html, encoding="utf-8")
     partial.replace(path)
 
-    PostgresHook(postgres_conn_id="crypto_writer").run(
+    PostgresHook(postgres_conn_id="crypto_airflow").run(
         (SQL / "report_record.sql").read_text(),
         parameters={"report_id": f"{period}:{start:%Y%m%dT%H%M}", "period": period, "start": start, "end": end,
                     "symbols": [r["symbol"] for r in rows], "path": str(path), "run_id": run_id})
@@ -173,8 +178,9 @@ with DAG(
     catchup=False,
     tags=["crypto", "reports"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
-    params={"start": None, "end": None, "symbols": None,
-            "period": Param(None, type=["null", "string"], enum=[None, "hourly", "daily"])},
+    params={**window_params(), "symbols": symbols_param(),
+            "period": Param(None, type=["null", "string"], enum=[None, "hourly", "daily"],
+                            description="Write only this report; empty: hourly, and daily at midnight UTC.")},
     render_template_as_native_obj=True,  # the window stays datetimes, symbols a list or None
 ) as dag:
 

@@ -14,16 +14,31 @@ Hourly data-quality checks on the candles and trades the pipeline loaded, for th
 | consistency | candles recomputed from `trades` equal `candles_1m` |
 
 A failed check fails its task. Every result is written to `quality_results`, and a failure also writes an
-alert (`quality:<check>:<interval start>`) into `alerts`, with the `crypto_writer` connection.
-Connections come from the environment: `AIRFLOW_CONN_CRYPTO_READER`, `AIRFLOW_CONN_CRYPTO_WRITER`.
+alert (`quality:<check>:<interval start>`) into `alerts`, with the `crypto_airflow` connection
+(`sql/quality_result.sql`, `sql/quality_alert.sql`). Connections come from the environment:
+`AIRFLOW_CONN_CRYPTO_READER`, `AIRFLOW_CONN_CRYPTO_AIRFLOW`.
+
+The params' JSON schemas refuse a bad conf when the run is triggered (`start`/`end` ISO-8601 with zone,
+`symbols` a list or comma-separated string of symbols); a first task, `validate_params`, fails the run before
+any check when the window is impossible (an end in the future, a start not before the end).
 """
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from airflow.providers.common.sql.operators.sql import SQLCheckOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
+
+# crypto_params sits next to this file. Airflow's processes put this folder on sys.path; a bare DagBag
+# (ops.dag_run, the tests) does not.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
+from crypto_params import check_window, symbol_list, symbols_param, window_params  # noqa: E402
+
+SQL = Path(__file__).parent / "sql"
 
 CHECKS = [
     {"name": "freshness", "sql": "sql/quality_freshness.sql"},
@@ -36,6 +51,7 @@ CHECKS = [
 # The interval: explicit params win; a manual run (zero-length interval) checks the hour before it.
 START = "{{ params.start or (data_interval_start if data_interval_start < data_interval_end else data_interval_end - macros.timedelta(hours=1)) }}"
 END = "{{ params.end or data_interval_end }}"
+SYMBOLS = "{{ params.symbols | symbol_list }}"
 
 
 class IntervalCheckOperator(SQLCheckOperator):
@@ -53,20 +69,15 @@ def record_result(context, passed: bool) -> None:
     start, end = params["start"], params["end"]
     check = ti.task_id.removeprefix("check_")
     detail = None if passed else str(context.get("exception") or "check returned false")[:1000]
-    hook = PostgresHook(postgres_conn_id="crypto_writer")
+    hook = PostgresHook(postgres_conn_id="crypto_airflow")
     hook.run(
-        """INSERT INTO quality_results (check_name, window_start, window_end, passed, detail, run_id)
-           VALUES (%(check)s, %(start)s, %(end)s, %(passed)s, %(detail)s, %(run_id)s)
-           ON CONFLICT (check_name, window_start, window_end) DO UPDATE
-           SET passed = EXCLUDED.passed, detail = EXCLUDED.detail, run_id = EXCLUDED.run_id, checked_at = now()""",
+        (SQL / "quality_result.sql").read_text(),
         parameters={"check": check, "start": start, "end": end, "passed": passed, "detail": detail,
                     "run_id": context["run_id"]},
     )
     if not passed:
         hook.run(
-            """INSERT INTO alerts (alert_id, symbol, rule, window_start, value, threshold, price, detected_at)
-               VALUES (%(id)s, '*', %(rule)s, %(start)s, 0, 0, NULL, now())
-               ON CONFLICT (alert_id) DO UPDATE SET detected_at = EXCLUDED.detected_at""",
+            (SQL / "quality_alert.sql").read_text(),
             parameters={"id": f"quality:{check}:{start}", "rule": f"quality:{check}", "start": start},
         )
 
@@ -80,15 +91,23 @@ with DAG(
     catchup=False,
     tags=["crypto", "quality"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
-    params={"start": None, "end": None, "symbols": None},
+    params={**window_params(), "symbols": symbols_param()},
     render_template_as_native_obj=True,  # parameters keep their types: timestamps, a list of symbols or None
+    user_defined_filters={"symbol_list": symbol_list},
 ) as dag:
+
+    @task
+    def validate_params(start, end, symbols) -> None:
+        check_window(start, end)
+        symbol_list(symbols)
+
+    validated = validate_params(START, END, "{{ params.symbols }}")
     for spec in CHECKS:
-        IntervalCheckOperator(
+        validated >> IntervalCheckOperator(
             task_id=f"check_{spec['name']}",
             conn_id="crypto_reader",
             sql=spec["sql"],
-            parameters={"start": START, "end": END, "symbols": "{{ params.symbols }}"},
+            parameters={"start": START, "end": END, "symbols": SYMBOLS},
             on_success_callback=lambda ctx: record_result(ctx, True),
             on_failure_callback=lambda ctx: record_result(ctx, False),
             retries=0,  # a failed check is a finding, not a flake

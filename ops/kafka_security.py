@@ -119,14 +119,16 @@ def connector_grants(name: str, config: dict) -> list[Grant]:
 def grant(settings: Settings, extra: list[Grant]) -> None:
     """Adds ACLs beyond the stack's own (a connector of a test or bench on topics of its own); the next `make up`
     removes them again, or `revoke`."""
-    for fut in AdminClient(settings.kafka_config()).create_acls([binding(settings, g) for g in extra]).values():
+    admin = AdminClient(settings.kafka_config())  # held until the results are in: a dropped client aborts them
+    for fut in admin.create_acls([binding(settings, g) for g in extra]).values():
         fut.result()
 
 
 def revoke(settings: Settings, extra: list[Grant]) -> None:
     filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
                                 b.permission_type) for b in (binding(settings, g) for g in extra)]
-    for fut in AdminClient(settings.kafka_config()).delete_acls(filters).values():
+    admin = AdminClient(settings.kafka_config())
+    for fut in admin.delete_acls(filters).values():
         fut.result()
 
 

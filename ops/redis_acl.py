@@ -38,8 +38,11 @@ def rules(s: Settings) -> dict[str, str]:
 
 
 def acl_lines(s: Settings) -> list[str]:
-    # Without a line of its own, the default user would be on with no password and every command.
-    lines = ["user default off resetpass resetkeys resetchannels -@all"]
+    # Without a line of its own, the default user would be on with no password and every command. Off, and with no
+    # password, no client can be it; but Redis 7.0 replays the append-only file at start as a client of the default
+    # user, and refuses whatever that user may not run: with -@all every script's writes (MULTI/EXEC in the file)
+    # would be dropped at each restart. So it keeps every right, for that replay only.
+    lines = ["user default off resetpass ~* &* +@all"]
     for user, rule in rules(s).items():
         password = getattr(s, f"redis_{user_field(user)}_password").get_secret_value()
         digest = hashlib.sha256(password.encode()).hexdigest()

@@ -190,6 +190,27 @@ def test_an_alert_the_contract_accepts_always_formats():
                 assert rule in describe(parsed) and slack_message(parsed)["text"]
 
 
+def test_slack_text_escapes_what_came_with_the_alert():
+    """Slack reads &, < and > as control characters (`<!channel>` pings everyone, `<@U123>` a person,
+    `<http://x|y>` is a link): in text from data they must arrive as &amp;, &lt; and &gt;."""
+    from functions.alert_notifier.alerts import Alert, slack_escape, slack_message
+
+    assert slack_escape("<!channel> <@U123> <http://x|y> a&b &amp;") == (
+        "&lt;!channel&gt; &lt;@U123&gt; &lt;http://x|y&gt; a&amp;b &amp;amp;")
+    a = alert("BTCUSDT")
+    evil = Alert("<!here>&<http://evil.example|click>", "<!channel>", "<@U123>", a["window_start"],
+                 Decimal("1.5"), Decimal("1"), None, None)  # past the contract, which refuses such symbols and rules
+    message = slack_message(evil)
+    texts = [message["text"], message["blocks"][0]["text"]["text"], message["blocks"][1]["elements"][0]["text"]]
+    for text in texts:
+        assert "<" not in text and ">" not in text, text
+    assert message["text"].startswith(":rotating_light: &lt;!channel&gt; &lt;@U123&gt; 1.5 (threshold 1)")
+    assert "`&lt;!here&gt;&amp;&lt;http://evil.example|click&gt;`" in texts[2]
+    # Ordinary alerts read as before.
+    assert slack_message(parse_alert(a["alert_id"].encode(), schemas.to_json(schemas.ALERT, a)))["text"].startswith(
+        ":rotating_light: BTCUSDT price_move 1.52% (threshold 1.00%)")
+
+
 def test_retry_after_in_seconds_or_as_a_date():
     assert retry_after("2") == 2.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
@@ -301,6 +322,28 @@ def test_undeliverable_and_malformed_alerts_go_to_the_dead_letter_topic_and_the_
     assert dead[schemas.to_json(schemas.ALERT, refused)]["error.status"] == b"400"
     assert proc.stop() == 0
     assert harness.counters().items() >= {"delivered": 1, "dead_lettered": 2, "bad_records": 2, "stale": 1}.items()
+
+
+def test_slack_control_sequences_in_an_alert_never_reach_the_webhook_raw(settings, stack, harness):
+    """A symbol holding `<!channel>` breaks the contract: dead-lettered, never sent. An alert id may hold any
+    printable text: it is sent, escaped."""
+    pinging = alert("<!channel>")
+    odd_id = alert("ETHUSDT")
+    odd_id["alert_id"] = f"<!here>&<http://evil.example|click>:{odd_id['alert_id']}"
+    harness.send(pinging, odd_id)
+    proc = harness.start()
+    harness.wait_done()
+
+    wait_for(lambda: harness.receiver.delivered() == [odd_id["alert_id"]], 30, "the alert with the odd id")
+    body = json.dumps(harness.receiver.of(odd_id["alert_id"])[0]["body"])
+    assert "<" not in body and ">" not in body
+    assert "&lt;!here&gt;&amp;&lt;http://evil.example|click&gt;" in body
+    assert harness.receiver.of(pinging["alert_id"]) == []
+    [dead] = read_topic(settings, harness.dlq)
+    assert dead.value() == schemas.to_json(schemas.ALERT, pinging)
+    assert b"symbol '<!channel>' is not" in dict(dead.headers())["error.reason"]
+    assert proc.stop() == 0
+    assert harness.counters().items() >= {"delivered": 1, "bad_records": 1}.items()
 
 
 def test_without_a_webhook_alerts_go_to_the_log_once(settings, stack, harness):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import pytest
+
 from ops.dag_run import DAGS, run_dag
 
 from .helpers import TAPE_SYMBOLS as SYMBOLS
@@ -43,7 +45,8 @@ def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airfl
     conf = {"start": first.isoformat(), "end": (last + timedelta(minutes=1)).isoformat(), "symbols": SYMBOLS}
 
     states = run_dag(airflow_env, "data_quality_check", conf)
-    assert states == {f"check_{c}": "success" for c in ("freshness", "continuity", "validity", "uniqueness", "consistency")}
+    assert states == {"validate_params": "success",
+                      **{f"check_{c}": "success" for c in ("freshness", "continuity", "validity", "uniqueness", "consistency")}}
     cur.execute("SELECT check_name, passed FROM quality_results WHERE window_start = %s AND window_end = %s",
                 (conf["start"], conf["end"]))
     assert dict(cur.fetchall()) == {c: True for c in ("freshness", "continuity", "validity", "uniqueness", "consistency")}
@@ -58,7 +61,8 @@ def test_data_quality_check_passes_clean_data_and_fails_on_the_right_check(airfl
         cur.execute("UPDATE candles_1m SET high = %s WHERE symbol = 'XRPETH' AND window_start = %s", (high, ws))
     assert states["check_validity"] == "failed" and states["check_consistency"] == "failed"
     assert {t: s for t, s in states.items() if s != "failed"} == {
-        "check_freshness": "success", "check_continuity": "success", "check_uniqueness": "success"}
+        "validate_params": "success", "check_freshness": "success", "check_continuity": "success",
+        "check_uniqueness": "success"}
     cur.execute("SELECT check_name FROM quality_results WHERE window_start = %s AND window_end = %s AND NOT passed",
                 (conf["start"], conf["end"]))
     assert {r[0] for r in cur.fetchall()} == {"validity", "consistency"}
@@ -74,7 +78,8 @@ def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_en
                 "ON CONFLICT DO NOTHING")
     conf = {"start": first.isoformat(), "end": (last + timedelta(minutes=1)).isoformat(), "trade_retention_days": 3650}
     assert run_dag(airflow_env, "crypto_batch_processing", conf) == {
-        "rollup_candles_1h": "success", "rollup_candles_1d": "success", "trades_retention": "success"}
+        "validate_params": "success", "rollup_candles_1h": "success", "rollup_candles_1d": "success",
+        "trades_retention": "success"}
 
     # The oracle: hourly and daily candles computed here from candles_1m.
     cur.execute("SELECT symbol, window_start, open, high, low, close, volume, quote_volume, trade_count "
@@ -107,6 +112,79 @@ def test_batch_processing_rolls_up_idempotently_and_applies_retention(airflow_en
     run_dag(airflow_env, "crypto_batch_processing", conf)  # idempotent for its interval
     cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
     assert cur.fetchall() == before
+
+
+def trades_by_symbol(cur) -> dict[str, int]:
+    cur.execute("SELECT symbol, count(*) FROM trades GROUP BY symbol")
+    return dict(cur.fetchall())
+
+
+def tape_window(cur) -> dict:
+    cur.execute("SELECT min(window_start), max(window_start) FROM candles_1m WHERE symbol = ANY(%s)", (SYMBOLS,))
+    first, last = cur.fetchone()
+    return {"start": first.isoformat(), "end": (last + timedelta(minutes=1)).isoformat()}
+
+
+def test_no_run_conf_reaches_an_sql_identifier(airflow_env, pipeline_data, owner_cur):
+    """The rollup took its table and bucket from params, and a run's conf overrides params: these keys must
+    change nothing now."""
+    cur = owner_cur
+    cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
+    hours = cur.fetchall()
+    trades = trades_by_symbol(cur)
+    conf = {**tape_window(cur), "trade_retention_days": 3650, "table": "trades; DROP TABLE trades; --",
+            "unit": "day') , pg_sleep(30) --", "params": {"table": "trades"}}
+    assert run_dag(airflow_env, "crypto_batch_processing", conf) == {
+        "validate_params": "success", "rollup_candles_1h": "success", "rollup_candles_1d": "success",
+        "trades_retention": "success"}
+    assert trades_by_symbol(cur) == trades
+    cur.execute("SELECT * FROM candles_1h WHERE symbol = ANY(%s) ORDER BY 1, 2", (SYMBOLS,))
+    assert cur.fetchall() == hours
+
+
+def test_a_negative_retention_is_refused_and_deletes_nothing(airflow_env, pipeline_data, owner_cur):
+    trades = trades_by_symbol(owner_cur)
+    conf = {**tape_window(owner_cur), "trade_retention_days": -5}
+    with pytest.raises(RuntimeError) as refused:  # the run is never created: no task states to report
+        run_dag(airflow_env, "crypto_batch_processing", conf)
+    assert ("Invalid input for param trade_retention_days: -5 is less than the minimum of 1"
+            in str(refused.value)), str(refused.value)[-3000:]
+    assert trades_by_symbol(owner_cur) == trades
+
+
+def test_an_end_in_the_future_fails_the_run_before_anything_is_deleted(airflow_env, pipeline_data, owner_cur):
+    cur = owner_cur
+    # A trade of an hour ago: an end in 2999 with a day's retention would delete it (and every tape trade).
+    cur.execute("INSERT INTO trades VALUES ('FUTURETEST', 1, 1, 1, 1, 1, now() - interval '1 hour', true) "
+                "ON CONFLICT DO NOTHING")
+    try:
+        trades = trades_by_symbol(cur)
+        conf = {"start": tape_window(cur)["start"], "end": "2999-01-01T00:00:00+00:00", "trade_retention_days": 1}
+        assert run_dag(airflow_env, "crypto_batch_processing", conf) == {
+            "validate_params": "failed", "rollup_candles_1h": "upstream_failed",
+            "rollup_candles_1d": "upstream_failed", "trades_retention": "upstream_failed"}
+        assert trades_by_symbol(cur) == trades
+        assert trades["FUTURETEST"] == 1
+    finally:
+        cur.execute("DELETE FROM trades WHERE symbol = 'FUTURETEST'")
+
+
+def test_a_bad_window_fails_the_checks_and_the_analysis_before_they_touch_data(airflow_env, pipeline_data, owner_cur):
+    cur = owner_cur
+    window = tape_window(cur)
+    backwards = {"start": window["end"], "end": window["start"], "symbols": SYMBOLS}
+    states = run_dag(airflow_env, "data_quality_check", backwards)
+    assert states.pop("validate_params") == "failed"
+    assert set(states.values()) == {"upstream_failed"}
+    cur.execute("SELECT count(*) FROM quality_results WHERE window_start = %s", (backwards["start"],))
+    assert cur.fetchone()[0] == 0
+
+    cur.execute("SELECT count(*) FROM indicators_1m")
+    indicators = cur.fetchone()[0]
+    future = {"start": window["start"], "end": "2999-01-01T00:00:00Z", "symbols": "XRPETH"}
+    assert run_dag(airflow_env, "crypto_analysis", future) == {"compute_indicators": "failed"}
+    cur.execute("SELECT count(*) FROM indicators_1m")
+    assert cur.fetchone()[0] == indicators
 
 
 def test_analysis_indicators_equal_a_computation_from_the_closes(airflow_env, pipeline_data, owner_cur):

@@ -158,7 +158,8 @@ def test_airflow_writes_the_dags_results_and_never_the_pipelines_tables(postgres
         allowed(airflow, """INSERT INTO reports (report_id, period, window_start, window_end, symbols, path)
                             VALUES ('hourly:test', 'hourly', now(), now(), '{T}', '/x') ON CONFLICT (report_id)
                             DO UPDATE SET path = EXCLUDED.path""")
-        allowed(airflow, "SELECT count(*) FROM trades JOIN candles_1m USING (symbol) JOIN stats_5m USING (symbol)")
+        for table in ("trades", "candles_1m", "stats_5m"):
+            allowed(airflow, f"SELECT * FROM {table} LIMIT 1")
         denied(airflow, "DELETE FROM quality_results")
     finally:
         airflow.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 import uuid
 
 import pytest
@@ -19,7 +20,7 @@ from functions.alert_notifier.memory import Memory
 from functions.redis_sink.writes import PRICE_SCRIPT, Writer
 from ops import redis_acl
 
-from .helpers import SECRETS
+from .helpers import SECRETS, restart_service
 
 # A refused login is a ConnectionError to redis-py, which it would retry with backoff: here it must fail at once.
 NO_RETRY = Retry(NoBackoff(), 0)
@@ -77,6 +78,21 @@ def test_without_a_password_redis_refuses(settings, admin):
         anonymous.get("price:BTCUSDT")
     default = admin.acl_getuser("default")
     assert "off" in default["flags"] and not default["passwords"]
+    with pytest.raises(redis.AuthenticationError):  # off: no password gets anyone in as `default`
+        anonymous.execute_command("AUTH", "default", "")
+
+
+def test_what_the_sink_wrote_survives_a_redis_restart(stack, settings, admin, symbol):
+    """Redis replays its append-only file at start with the default user's rights; the sink's script writes
+    (MULTI/EXEC in that file) must come back."""
+    writer = Writer(client(settings, "redis-sink"), history=5)
+    trade = {"symbol": symbol, "price": "2.5", "trade_time": 1_700_000_000_000, "agg_id": 9}
+    assert writer.write({symbol: [trade]}, {}) == 1
+    time.sleep(1.5)  # appendfsync everysec
+    restart_service(stack, "redis", 0)
+    reader = client(settings, "reader", decode_responses=True)
+    assert reader.hget(f"price:{symbol}", "agg_id") == "9"
+    assert reader.lrange(f"prices:{symbol}", 0, -1) == ["2.5@1700000000000"]
 
 
 def test_a_wrong_password_is_refused(settings, admin):

@@ -68,17 +68,26 @@ def describe(alert: Alert, now_ms: int | None = None) -> str:
     return f"{alert.rule} {what} in the minute from {when}{price}"
 
 
+def slack_escape(text: str) -> str:
+    """Text from data made inert for Slack: its only control characters are &, < and > (a `<!channel>` pings
+    everyone, `<http://x|y>` is a link), so they become &amp;, &lt; and &gt;, as Slack's docs ask."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_message(alert: Alert, now_ms: int | None = None) -> dict:
-    """Slack's incoming-webhook JSON: `text` (notifications, and receivers that read nothing else) and blocks."""
-    line = describe(alert, now_ms)
+    """Slack's incoming-webhook JSON: `text` (notifications, and receivers that read nothing else) and blocks.
+    Everything that came with the alert is escaped; the contract limits symbols and rules, not alert ids."""
+    line = slack_escape(describe(alert, now_ms))
+    symbol = slack_escape(alert.symbol)
     start = utc(alert.window_start)
-    context = f"`{alert.alert_id}` · window {start:%Y-%m-%d %H:%M}-{start + timedelta(minutes=1):%H:%M} UTC"
+    window = f"{start:%Y-%m-%d %H:%M}-{start + timedelta(minutes=1):%H:%M} UTC"
+    context = f"`{slack_escape(alert.alert_id)}` · window {window}"
     if alert.detected_at is not None:
         context += f" · detected {utc(alert.detected_at):%H:%M:%S} UTC"
     return {
-        "text": f"{EMOJI} {alert.symbol} {line}",
+        "text": f"{EMOJI} {symbol} {line}",
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"{EMOJI} *{alert.symbol}* {line}"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"{EMOJI} *{symbol}* {line}"}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
         ],
     }

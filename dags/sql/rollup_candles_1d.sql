@@ -1,0 +1,3 @@
+-- Daily candles from candles_1m (the query is in rollup_candles.sql).
+{% set table, unit = "candles_1d", "day" %}
+{% include "sql/rollup_candles.sql" %}
