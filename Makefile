@@ -28,15 +28,17 @@ psql: ## a psql shell on the crypto database as ROLE (reader by default; owner, 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end
 	@TAPE="$(TAPE)" $(PY) -m ops.demo
 
-run: up ## live: the pipeline against Binance (BINANCE_BASE_URL, BINANCE_SYMBOLS), functions in the background
+run: up ## live: the pipeline against Binance (BINANCE_BASE_URL, BINANCE_SYMBOLS), functions in the background, scheduled DAGs unpaused
 	@$(PY) -m ops.connectors
 	@$(PY) -m ops.functions_ctl start
+	@$(PY) -m ops.dag_schedule on
 
 start: ## start functions in the background: all, or FN="redis-sink source" (source, redis-sink, alert-notifier, replay)
 	@$(PY) -m ops.functions_ctl start $(FN)
 
-stop: ## stop the functions in the background: all, or FN="..." as for start
+stop: ## stop the functions in the background: all, or FN="..." as for start; without FN, pause the DAGs make run unpaused
 	@$(PY) -m ops.functions_ctl stop $(FN)
+	@if [ -z "$(FN)" ]; then $(PY) -m ops.dag_schedule off; fi
 
 test: up ## set up, start the stack and run every test against it
 	@$(PY) -m pytest $(PYTEST_ARGS)

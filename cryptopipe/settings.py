@@ -95,10 +95,11 @@ class Settings(BaseSettings):
     flink_keep_interval_s: float = Field(default=5.0, gt=0, le=300)
 
     # PostgreSQL: the owner role owns the schema; the writer is what Kafka Connect's sinks use; airflow is what the
-    # DAGs write with; retention may only delete old trades (through one function); the reader is for people and
-    # reports. The role names are fixed (db/roles.sql creates them); their passwords are generated secrets.
+    # DAGs write with; retention may only delete old trades (through one function); backfill may only insert trades
+    # (kafka_reconciliation's repairs); the reader is for people and reports. The role names are fixed (db/roles.sql creates them); their passwords are generated secrets.
     PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "airflow": "crypto_airflow",
-                                          "retention": "crypto_retention", "reader": "crypto_reader"}
+                                          "retention": "crypto_retention", "backfill": "crypto_backfill",
+                                          "reader": "crypto_reader"}
     pg_host: str = "127.0.0.1"
     pg_port: Port = 5432
     pg_database: str = "crypto"
@@ -106,6 +107,7 @@ class Settings(BaseSettings):
     pg_writer_password: SecretStr
     pg_airflow_password: SecretStr
     pg_retention_password: SecretStr
+    pg_backfill_password: SecretStr
     pg_reader_password: SecretStr
     # Empty: find the newest server under /usr/lib/postgresql, else on PATH.
     pg_bindir: str = ""

@@ -86,14 +86,17 @@ def run(settings: Settings, tape_dir: Path, console: Console) -> int:
     if not ok:
         return 1
     dag_runs = run_dags(settings, symbols, console)
+    dag_runs |= run_dags(settings, symbols, console, (RECONCILIATION,))
     return summary(settings, tapes, symbols, dag_runs, console)
 
 
+# Run together, then RECONCILIATION: it compares what the other two looked at with Kafka, so it goes last.
 DAGS = ("data_quality_check", "crypto_reports")
+RECONCILIATION = "kafka_reconciliation"
 
 
-def run_dags(settings: Settings, symbols: list[str], console: Console) -> dict[str, dict]:
-    """Trigger the quality checks and the report in the running Airflow, over the minutes the tape filled.
+def run_dags(settings: Settings, symbols: list[str], console: Console, dag_ids=DAGS) -> dict[str, dict]:
+    """Trigger `dag_ids` in the running Airflow, over the minutes the tape filled, and wait for them.
 
     A paused DAG's runs wait in the queue, so each is unpaused for its run and paused again after (the
     scheduler may add its own hourly run while it is unpaused)."""
@@ -102,11 +105,11 @@ def run_dags(settings: Settings, symbols: list[str], console: Console) -> dict[s
     conf = {"start": start.isoformat(), "end": end.isoformat(), "symbols": symbols}
     client = AirflowClient(settings)
     runs: dict[str, dict] = {}
-    paused = {dag_id: client.wait_for_dag(dag_id, timeout=120)["is_paused"] for dag_id in DAGS}
+    paused = {dag_id: client.wait_for_dag(dag_id, timeout=120)["is_paused"] for dag_id in dag_ids}
     columns = (TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
-            for dag_id in DAGS:
+            for dag_id in dag_ids:
                 if paused[dag_id]:
                     client.set_paused(dag_id, False)
                 run_id = client.trigger(dag_id, conf)
@@ -191,8 +194,10 @@ def candle_problems(settings: Settings, symbols: list[str]) -> list[tuple]:
 
 def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], console: Console) -> int:
     r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
-    checks = pg(settings, "SELECT check_name, passed, detail FROM quality_results WHERE run_id = %s ORDER BY check_name",
-                (dag_runs["data_quality_check"]["run_id"],))
+    # The quality checks, and the reconciliation's line after them.
+    checks = pg(settings, "SELECT check_name, passed, detail FROM quality_results WHERE run_id = ANY(%s) "
+                          "ORDER BY check_name = %s, check_name",
+                ([dag_runs["data_quality_check"]["run_id"], dag_runs[RECONCILIATION]["run_id"]], RECONCILIATION))
     passed = sum(ok for _, ok, _ in checks)
     table = Table(title="Demo summary", title_justify="left")
     for col in ("symbol", "trades in tape", "rows in trades", "candles", "alerts", "last price (tape)",
@@ -238,8 +243,8 @@ def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], conso
 
 
 def airflow_summary(settings: Settings, dag_runs: dict[str, dict], checks: list[tuple], console: Console) -> bool:
-    """The two DAG runs, the quality checks and the report's files; True when both runs succeeded."""
-    table = Table(title="Quality checks (data_quality_check in Airflow)", title_justify="left")
+    """The DAG runs, the quality checks and the report's files; True when every run succeeded."""
+    table = Table(title="Quality checks (data_quality_check and kafka_reconciliation in Airflow)", title_justify="left")
     for col in ("check", "result", "detail"):
         table.add_column(col)
     for name, ok, detail in checks:

@@ -30,6 +30,7 @@ from confluent_kafka.admin import (
 
 from cryptopipe.settings import Settings, load_settings
 from functions.binance_source.resume import RESUME_GROUP
+from ops.airflow_env import RECONCILIATION_GROUP
 from ops.connectors import load_configs
 from ops.services import CONFIG_DIR, plain_admin_config, read_properties
 
@@ -87,8 +88,10 @@ def grants(settings: Settings) -> list[Grant]:
         topic("connect", worker[key], R, W, C, AclOperation.DESCRIBE_CONFIGS)
     for name, config in load_configs().items():
         out.extend(connector_grants(name, config))
-    # Airflow reads the raw trades to reconcile them with PostgreSQL (without a group: it assigns partitions).
+    # Airflow reads the raw trades to reconcile them with PostgreSQL (assigned partitions, never a commit; the
+    # group only for librdkafka's coordinator lookup).
     topic("airflow", s.aggtrades_topic, R)
+    out.append(Grant("airflow", GROUP, RECONCILIATION_GROUP, R))
     # ksqlDB (docker-compose's stream engine, service id `crypto_`, ksql/*.sql): the same input and outputs as the
     # stream job, plus what it keeps for itself under its service id: internal, command and processing-log topics,
     # consumer groups, and the broker configs it reads at start.

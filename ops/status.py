@@ -22,6 +22,7 @@ from cryptopipe.run import read_status
 from cryptopipe.settings import load_settings
 from ops import flink_deploy, functions_ctl, supervise
 from ops.airflow import AirflowClient
+from ops.dag_schedule import lateness
 from ops.connectors import all_statuses, load_configs
 from ops.db import table_counts
 from ops.kafka_admin import LagProbe
@@ -266,7 +267,7 @@ def airflow_table(stack: NativeStack) -> Table:
     s = stack.s
     table = Table(title=f"Airflow: {s.airflow_url} (user {s.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD "
                         "in .env)", title_justify="left")
-    for col in ("DAG", "paused", "schedule", "last run", "state"):
+    for col in ("DAG", "paused", "schedule", "last run", "state", "late"):
         table.add_column(col)
     client = AirflowClient(s)
     dags = client.call("GET", "/dags")["dags"]
@@ -276,10 +277,12 @@ def airflow_table(stack: NativeStack) -> Table:
         last = runs[0] if runs else {}
         state = last.get("state", "-")
         colour = {"success": "green", "failed": "red"}.get(state, "yellow")
+        late = lateness(dag)
         table.add_row(dag["dag_id"], "yes" if dag["is_paused"] else "no", str(dag.get("timetable_summary") or "-"),
-                      str(last.get("run_after") or "-")[:19], f"[{colour}]{state}[/{colour}]" if last else "-")
+                      str(last.get("run_after") or "-")[:19], f"[{colour}]{state}[/{colour}]" if last else "-",
+                      f"[red]{late}[/red]" if late.startswith("yes") else late)
     if not dags:
-        table.add_row("(no DAG parsed yet)", "", "", "", "")
+        table.add_row("(no DAG parsed yet)", "", "", "", "", "")
     return table
 
 

@@ -30,7 +30,7 @@ XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
 # The secrets a Settings needs, for tests that build one without .env.
 # Every secret Settings requires, for Settings(_env_file=None, **SECRETS) in unit tests.
 SECRETS = {"pg_owner_password": "o", "pg_writer_password": "w", "pg_airflow_password": "f",
-           "pg_retention_password": "t", "pg_reader_password": "r", "airflow_admin_password": "a",
+           "pg_retention_password": "t", "pg_backfill_password": "b", "pg_reader_password": "r", "airflow_admin_password": "a",
            "airflow_db_password": "d", "airflow_jwt_secret": "j", "connect_rest_password": "connect-rest-pw",
            "replay_token": "x", **{f"kafka_{u.replace('-', '_')}_password": f"kafka-{u}-pw"
                                    for u in ("admin", "source", "stream", "redis-sink", "alert-notifier",

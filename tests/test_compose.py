@@ -160,7 +160,7 @@ KAFKA_ALL = {f"KAFKA_{user.replace('-', '_').upper()}_PASSWORD" for user in Sett
 PG_ALL = {f"PG_{role.upper()}_PASSWORD" for role in Settings.PG_ROLES}
 REDIS_ALL = {f"REDIS_{user_field(user).upper()}_PASSWORD" for user in Settings.REDIS_USERS}
 AIRFLOW = {"AIRFLOW_DB_PASSWORD", "AIRFLOW_JWT_SECRET", "PG_READER_PASSWORD", "PG_AIRFLOW_PASSWORD",
-           "PG_RETENTION_PASSWORD"}
+           "PG_RETENTION_PASSWORD", "PG_BACKFILL_PASSWORD", "KAFKA_AIRFLOW_PASSWORD"}
 # What each service needs, and so all it may get.
 NEEDS = {
     "kafka": {"KAFKA_ADMIN_PASSWORD"},

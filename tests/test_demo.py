@@ -29,13 +29,17 @@ def test_make_demo_on_the_bundled_tapes_agrees_end_to_end(stack, settings):
             # The summary's row says the same: trades in the tape, rows in trades, every quality check passed.
             row = cells(out, symbol)[0]
             assert row[1] == row[2] == f"{len(ids):,}", row
-            assert row[7] == "5/5", row
+            assert row[7] == "6/6", row  # the five quality checks and the Kafka reconciliation
         # The quality checks and the report ran in the running Airflow, and their results are where it says.
         runs = dict(re.findall(r"^Airflow run (\w+) (\S+): success", out, flags=re.M))
-        assert set(runs) == {"data_quality_check", "crypto_reports"}, out[-3000:]
+        assert set(runs) == {"data_quality_check", "crypto_reports", "kafka_reconciliation"}, out[-3000:]
         cur.execute("SELECT count(*), bool_and(passed) FROM quality_results WHERE run_id = %s",
                     (runs["data_quality_check"],))
         assert cur.fetchone() == (5, True)
+        # The reconciliation compared the tape's window: its line is in the checks table, passed.
+        cur.execute("SELECT check_name, passed FROM quality_results WHERE run_id = %s", (runs["kafka_reconciliation"],))
+        assert cur.fetchall() == [("kafka_reconciliation", True)]
+        assert cells(out, "kafka_reconciliation")[0][1] == "passed"
         cur.execute("SELECT path FROM reports WHERE run_id = %s", (runs["crypto_reports"],))
         paths = [p for (p,) in cur.fetchall()]
     conn.close()

@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import psycopg2
 
-from ops import functions_ctl
+from ops import dag_schedule, functions_ctl
+from ops.airflow import AirflowClient
 from cryptopipe.settings import ROOT
 from replay.server import shift_to_now, start_in_thread
 from replay.state import Replay
@@ -34,11 +35,20 @@ def test_make_run_follows_a_live_market_and_make_stop_stops_it(stack, settings, 
     trades = {t["a"]: dict(t, T=t["T"] + shift * 60_000) for t in tape("btcusdt_aggtrades_20210404.json")}
     # make run's source reads the WebSocket streams (its default mode) and backfills over REST.
     env = {**os.environ, "BINANCE_BASE_URL": url, "BINANCE_WS_URL": ws_url, "BINANCE_SYMBOLS": symbol}
+    airflow = AirflowClient(settings)
+    scheduled = [d["dag_id"] for d in dag_schedule.scheduled(airflow)]
+    assert {"crypto_batch_processing", "data_quality_check", "kafka_reconciliation"} <= set(scheduled)
+    # All paused but one, which the user had unpaused: make stop must leave that one running.
+    mine = "crypto_analysis"
+    for dag_id in scheduled:
+        airflow.set_paused(dag_id, dag_id != mine)
     try:
         run = subprocess.run(["make", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr
         for name in functions_ctl.PIPELINE:
             assert functions_ctl.running_pid(settings, name), name
+        # The batch layer runs too: every scheduled DAG is unpaused.
+        assert not any(airflow.call("GET", f"/dags/{dag_id}")["is_paused"] for dag_id in scheduled)
         conn = psycopg2.connect(**settings.pg_params("reader"))
         conn.autocommit = True
         cur = conn.cursor()
@@ -70,6 +80,10 @@ def test_make_run_follows_a_live_market_and_make_stop_stops_it(stack, settings, 
     assert stop.returncode == 0, stop.stderr
     for name in functions_ctl.MODULES:
         assert functions_ctl.running_pid(settings, name) is None, name
+    # make stop paused what make run unpaused, and left the user's own choice alone.
+    paused = {dag_id: airflow.call("GET", f"/dags/{dag_id}")["is_paused"] for dag_id in scheduled}
+    assert paused == {dag_id: dag_id != mine for dag_id in scheduled}, paused
+    airflow.set_paused(mine, True)
     status = subprocess.run(["make", "status"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COLUMNS": "300"})
     assert "running" not in status.stdout.split("Functions")[1].split("Kafka topics")[0]

@@ -13,6 +13,7 @@ import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cryptopipe.settings import ROOT
+from ops.dag_schedule import lateness
 from ops.kafka_admin import consumer_lag
 
 from .helpers import cells, create_topics
@@ -100,3 +101,13 @@ def test_lag_of_a_transactional_topic_ignores_commit_markers(stack, settings, un
     probe.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)  # the second batch unread
     assert consumer_lag(settings.kafka_config(), group)[topic] > 0
     probe.close()
+
+
+def test_a_scheduled_dag_whose_run_is_overdue_shows_as_late():
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+    due = lambda minutes: (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")  # noqa: E731
+    assert lateness({"is_paused": False, "next_dagrun_run_after": due(30)}, now) == "yes, due 30 min ago"
+    assert lateness({"is_paused": False, "next_dagrun_run_after": due(5)}, now) == "no"
+    assert lateness({"is_paused": False, "next_dagrun_run_after": due(-50)}, now) == "no"  # not due yet
+    assert lateness({"is_paused": True, "next_dagrun_run_after": due(300)}, now) == "-"  # paused: not expected to run
+    assert lateness({"is_paused": False, "next_dagrun_run_after": None}, now) == "-"  # no schedule
