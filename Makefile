@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo run stop test bench source replay redis-sink alert-notifier deploy-ksql deploy-connectors deploy-flink compose-up compose-down start chaos psql
+.PHONY: help setup up down status dlq dlq-redrive demo run stop test bench source replay redis-sink alert-notifier deploy-ksql deploy-connectors deploy-flink compose-up compose-down start chaos psql
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-20s\033[0m %s\n", $$1, $$2}'
@@ -22,7 +22,16 @@ down: ## stop the functions and exactly what `make up` started
 status: ## health check: services, functions, topics and DLQ depth, consumer lag, connectors, tables, freshness, Airflow
 	@$(PY) -m ops.status
 
-psql: ## a psql shell on the crypto database as ROLE (reader by default; owner, writer, airflow, retention), password from .env
+# TOPIC, N and REASON reach the command as environment variables (make exports command-line variables), never
+# pasted into the shell line, so no value can break its quoting; ops/dead_letters.py checks them.
+dlq: ## dead-letter topics: depth and reasons counted; TOPIC=<dead-letter topic> [N=20] shows its newest records and headers
+	@if [ -n "$$TOPIC" ]; then $(PY) -m ops.dead_letters show --topic "$$TOPIC" --count "$${N:-20}"; \
+	else $(PY) -m ops.dead_letters list; fi
+
+dlq-redrive: ## send TOPIC's dead letters back to their original topic once the cause is fixed, each exactly once [REASON="<reason as make dlq shows it>"]
+	@$(PY) -m ops.dead_letters redrive --topic "$$TOPIC" $${REASON:+--reason "$$REASON"}
+
+psql: ## a psql shell on the crypto database as ROLE (reader by default; owner, writer, airflow, retention, backfill), password from .env
 	@$(PY) -m ops.psql $(ROLE)
 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end

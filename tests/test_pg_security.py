@@ -225,6 +225,29 @@ def test_the_retention_function_runs_as_its_owner_with_a_fixed_search_path(postg
     reader.close()
 
 
+def test_backfill_only_inserts_trades_and_never_overwrites_one(postgres, settings, planted):
+    """kafka_reconciliation's role: a trade the table lacks goes in, one it has stays as it is."""
+    planted("2020-01-01")  # agg_id 0
+    backfill = connect(settings, "backfill")
+    try:
+        insert = TRADE + " ON CONFLICT (symbol, agg_id) DO NOTHING"
+        with backfill.cursor() as cur:
+            cur.execute(insert, (planted.symbol, 0, "2021-06-01"))  # already there: left as it is
+            cur.execute(insert, (planted.symbol, 1, "2022-06-01"))  # missing: added
+        backfill.commit()
+        assert planted.left() == ["2020-01-01", "2022-06-01"]
+        denied(backfill, "SELECT count(*) FROM trades")
+        denied(backfill, "UPDATE trades SET qty = 0")
+        denied(backfill, "DELETE FROM trades")
+        denied(backfill, TRADE + " ON CONFLICT (symbol, agg_id) DO UPDATE SET qty = EXCLUDED.qty",
+               ("TESTB", 1, "2020-01-01"))
+        for table in ("candles_1m", "alerts", "quality_results"):
+            denied(backfill, f"SELECT count(*) FROM {table}")
+        denied(backfill, "SELECT delete_old_trades(now(), 1)")
+    finally:
+        backfill.close()
+
+
 def test_the_reader_only_reads(postgres, settings):
     reader = connect(settings, "reader")
     try:
