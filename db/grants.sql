@@ -12,8 +12,8 @@ GRANT SELECT, INSERT, UPDATE ON trades, candles_1m, stats_5m, alerts TO crypto_w
 -- recorded as an alert.
 GRANT SELECT ON trades, candles_1m, stats_5m TO crypto_airflow;
 GRANT SELECT, INSERT, UPDATE ON alerts, quality_results, candles_1h, candles_1d, indicators_1m, reports TO crypto_airflow;
--- kafka_reconciliation's repairs: trades Kafka has and the table lacks, inserted with ON CONFLICT DO NOTHING
--- (which needs INSERT only): it can neither change nor delete a trade, nor read one.
+-- kafka_reconciliation's repairs: trades Kafka has and the table lacks, inserted with ON CONFLICT DO NOTHING and
+-- no conflict target (naming one needs SELECT): it can neither change nor delete a trade, nor read one.
 GRANT INSERT ON trades TO crypto_backfill;
 -- Retention: only the function. Functions are executable by PUBLIC unless revoked.
 REVOKE ALL ON FUNCTION delete_old_trades(timestamptz, integer) FROM PUBLIC;

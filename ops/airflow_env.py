@@ -32,7 +32,9 @@ def airflow_connections(settings: Settings) -> dict[str, str]:
         user, password = quote(str(p["user"]), safe=""), quote(str(p["password"]), safe="")
         out[f"AIRFLOW_CONN_{conn_id}"] = f"postgresql://{user}:{password}@{p['host']}:{p['port']}/{quote(str(p['dbname']), safe='')}"
     # The Kafka provider's connection: its extra is the confluent-kafka client config, logged in as `airflow`.
-    kafka = settings.kafka_config("airflow") | {"group.id": RECONCILIATION_GROUP}
+    # No commits, and only committed trades: the provider's hook takes the consumer's settings from here alone.
+    kafka = settings.kafka_config("airflow") | {"group.id": RECONCILIATION_GROUP, "enable.auto.commit": False,
+                                                "isolation.level": "read_committed"}
     out["AIRFLOW_CONN_CRYPTO_KAFKA"] = json.dumps({"conn_type": "kafka", "extra": kafka})
     # The topic kafka_reconciliation reads (tests point a run at one of their own).
     out["CRYPTO_AGGTRADES_TOPIC"] = settings.aggtrades_topic

@@ -33,7 +33,8 @@ print("RESULT " + json.dumps({{"errors": {{k: str(v) for k, v in bag.import_erro
     assert lines, out.stdout[-2000:] + out.stderr[-2000:]
     report = json.loads(lines[-1].removeprefix("RESULT "))
     assert report["errors"] == {}
-    assert set(report["dags"]) == {"data_quality_check", "crypto_batch_processing", "crypto_analysis", "crypto_reports"}
+    assert set(report["dags"]) == {"data_quality_check", "crypto_batch_processing", "crypto_analysis", "crypto_reports",
+                                  "kafka_reconciliation"}
     for dag_id, (tags, catchup, has_doc, tz_aware, retries) in report["dags"].items():
         assert tags and catchup is False and has_doc and tz_aware and retries >= 1, dag_id
 

@@ -230,13 +230,15 @@ def test_backfill_only_inserts_trades_and_never_overwrites_one(postgres, setting
     planted("2020-01-01")  # agg_id 0
     backfill = connect(settings, "backfill")
     try:
-        insert = TRADE + " ON CONFLICT (symbol, agg_id) DO NOTHING"
+        # Without a conflict target: naming (symbol, agg_id) would need SELECT on those columns.
+        insert = TRADE + " ON CONFLICT DO NOTHING"
         with backfill.cursor() as cur:
             cur.execute(insert, (planted.symbol, 0, "2021-06-01"))  # already there: left as it is
             cur.execute(insert, (planted.symbol, 1, "2022-06-01"))  # missing: added
         backfill.commit()
         assert planted.left() == ["2020-01-01", "2022-06-01"]
         denied(backfill, "SELECT count(*) FROM trades")
+        denied(backfill, TRADE + " ON CONFLICT (symbol, agg_id) DO NOTHING", ("TESTB", 2, "2020-01-01"))
         denied(backfill, "UPDATE trades SET qty = 0")
         denied(backfill, "DELETE FROM trades")
         denied(backfill, TRADE + " ON CONFLICT (symbol, agg_id) DO UPDATE SET qty = EXCLUDED.qty",
