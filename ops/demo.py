@@ -10,6 +10,7 @@ after what Kafka already holds.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -245,13 +246,27 @@ def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], conso
     return 0 if all_ok else 1
 
 
+def reconciliation_figures(detail: str | None) -> str:
+    """kafka_reconciliation's JSON detail as one line: the trades on each side and what was done about the rest."""
+    try:
+        d = json.loads(detail or "")
+        kafka = sum(s["kafka"] for s in d["symbols"].values())
+        postgres = sum(s["postgres"] for s in d["symbols"].values())
+        missing = sum(s["missing_in_kafka"]["count"] for s in d["symbols"].values())
+    except (ValueError, KeyError, TypeError):
+        return (detail or "")[:100]
+    return (f"Kafka {kafka:,} trades, PostgreSQL {postgres:,}; repaired {d.get('repaired', 0):,}, missing in Kafka "
+            f"{missing:,}, invalid {d.get('invalid', 0):,}; {d.get('retention') or 'Kafka holds the whole window'}")
+
+
 def airflow_summary(settings: Settings, dag_runs: dict[str, dict], checks: list[tuple], console: Console) -> bool:
     """The DAG runs, the quality checks and the report's files; True when every run succeeded."""
     table = Table(title="Quality checks (data_quality_check and kafka_reconciliation in Airflow)", title_justify="left")
     for col in ("check", "result", "detail"):
         table.add_column(col)
     for name, ok, detail in checks:
-        table.add_row(name, "[green]passed[/green]" if ok else "[red]FAILED[/red]", (detail or "")[:100])
+        shown = reconciliation_figures(detail) if name == RECONCILIATION else (detail or "")[:100]
+        table.add_row(name, "[green]passed[/green]" if ok else "[red]FAILED[/red]", shown)
     console.print(table)
     reports = pg(settings, "SELECT period, path FROM reports WHERE run_id = %s ORDER BY period",
                  (dag_runs["crypto_reports"]["run_id"],))
