@@ -128,9 +128,13 @@ def grant(settings: Settings, extra: list[Grant]) -> None:
 
 
 def revoke(settings: Settings, extra: list[Grant]) -> None:
+    delete(AdminClient(settings.kafka_config()), [binding(settings, g) for g in extra])
+
+
+def delete(admin: AdminClient, bindings) -> None:
+    """Deletes exactly these ACLs (a filter naming every field matches only its own binding)."""
     filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
-                                b.permission_type) for b in (binding(settings, g) for g in extra)]
-    admin = AdminClient(settings.kafka_config())
+                                b.permission_type) for b in bindings]
     for fut in admin.delete_acls(filters).values():
         fut.result()
 
@@ -167,10 +171,7 @@ def ensure_acls(settings: Settings, admin: AdminClient) -> tuple[int, int]:
         for fut in admin.create_acls(list(missing)).values():
             fut.result()
     if stale:
-        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
-                                    b.permission_type) for b in stale]
-        for fut in admin.delete_acls(filters).values():
-            fut.result()
+        delete(admin, stale)
     return len(missing), len(stale)
 
 
