@@ -32,7 +32,7 @@ CREATE TABLE dead_letters (
 );
 
 INSERT INTO trades_valid
-SELECT `k`, `v`, `ts` FROM checked WHERE `error` IS NULL;
+SELECT `k`, `v`, `kafka_ts` FROM checked WHERE `error` IS NULL;
 
 -- The headers of cryptopipe.topics.dlq_headers: error.reason, error.component, error.topic/partition/offset.
 INSERT INTO dead_letters

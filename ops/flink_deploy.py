@@ -69,6 +69,7 @@ def values(settings: Settings) -> dict:
         "kafka_user": login["sasl.username"],
         "kafka_password": login["sasl.password"],
         "grace_s": int(settings.stream_grace_s),
+        "max_clock_skew_s": int(settings.max_clock_skew_s),
         "idle_timeout_s": int(settings.flink_idle_timeout_s),
         "parallelism": int(settings.flink_parallelism),
         "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
