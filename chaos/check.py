@@ -81,7 +81,7 @@ def kafka_trades(settings: Settings, symbols: set[str]) -> dict[str, list[int]]:
     ids: dict[str, list[int]] = {s: [] for s in symbols}
     for msg in read(settings, starts):
         try:
-            trade = schemas.check_trade(msg.key(), msg.value())
+            trade = schemas.check_trade(msg.key(), msg.value(), settings.max_clock_skew_ms, msg.timestamp()[1])
         except schemas.Invalid:  # the malformed records the run wrote itself
             continue
         if trade["symbol"] in ids:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -111,9 +112,12 @@ def to_json(fields: tuple[Field, ...], record: dict) -> bytes:
 # ---- the validation contract ------------------------------------------------------------------------
 # What a valid record of each topic is, for every consumer alike (stream engine, Redis sink, notifier, and
 # the stream engine's validated trades, which are all the JDBC sink reads): types; ranges that fit the
-# PostgreSQL columns and Flink's DECIMAL(18, 8); no time outside a sane range; no decimal exponent that
-# could overflow arithmetic; key rules. Each check returns the record with typed values (Decimal, int, str,
-# bool) or raises Invalid with a reason fit for a dead-letter header.
+# PostgreSQL columns and Flink's DECIMAL(18, 8); no time outside a sane range, and none further ahead of the wall
+# clock than MAX_CLOCK_SKEW_S (the exchange stamps trades with its own clock: a trade from the future is a broken
+# record or a broken clock, never data); no decimal exponent that could overflow arithmetic; key rules. It is
+# total: for any bytes whatsoever, each check returns the record with typed values (Decimal, int, str, bool) or
+# raises Invalid with a reason fit for a dead-letter header, never anything else. The Flink job's CheckTrade
+# (flink/udf) states the same contract for trades and refuses the same records.
 
 SYMBOL = re.compile(r"\A[A-Z0-9]{2,20}\Z")  # \Z: "$" would let a trailing newline through
 RULES = ("price_move", "volume_spike")
@@ -122,28 +126,73 @@ MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 MAX_INT64 = 2**63 - 1
 MAX_ID_LENGTH = 200
 MINUTE_MS = 60_000
+DEFAULT_MAX_CLOCK_SKEW_S = 120  # settings.max_clock_skew_s
+# Deeper JSON is refused before it is parsed: CPython's parser recurses once per level (RecursionError past about
+# a thousand), Jackson stops at its own limit; one explicit bound makes both refuse exactly the same values.
+MAX_DEPTH = 100
+# CPython refuses to read an integer of more digits (sys.get_int_max_str_digits); CheckTrade refuses them too.
+MAX_INT_DIGITS = 4300
 
 
 class Invalid(ValueError):
     """A record that breaks the contract; str() is the reason."""
 
 
-_DECODER = json.JSONDecoder(parse_float=Decimal)
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")  # json accepts NaN and Infinity; JSON (and Jackson) do not
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constant)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def depth(value: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count)."""
+    deepest = level = 0
+    for byte in _STRINGS.sub(b"", value).translate(None, _NOT_BRACKETS):
+        level += 1 if byte in b"[{" else -1
+        deepest = max(deepest, level)
+    return deepest
 
 
 def decode(value: bytes | None) -> dict:
     """A record value as a JSON object with decimals kept exact, or Invalid."""
     if value is None:
         raise Invalid("tombstone: no value")
+    # Counting brackets costs nothing next to the parse; only a value with many of them is measured.
+    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and depth(value) > MAX_DEPTH:
+        raise Invalid(f"not JSON: nested deeper than {MAX_DEPTH} levels")
     try:
         record = _DECODER.decode(value.decode("utf-8"))
     except UnicodeDecodeError:
         raise Invalid("value is not UTF-8") from None
-    except ValueError as err:
-        raise Invalid(f"not JSON: {err}") from None
+    except ValueError as err:  # a JSON error, or an integer of more than MAX_INT_DIGITS digits
+        raise Invalid(f"not JSON: {str(err):.200}") from None
+    except RecursionError:  # not reached below MAX_DEPTH; kept so that no input can escape as another error
+        raise Invalid(f"not JSON: nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(record, dict):
         raise Invalid(f"not a JSON object but {type(record).__name__}")
     return record
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def utc_text(ms: int) -> str:
+    """2026-12-07T09:30:00Z; a time outside 2010-2100 as its number alone."""
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        return "out of range"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
+
+
+def check_not_ahead(name: str, ms: int, max_skew_ms: int, now: int | None = None) -> None:
+    """Invalid when `ms` is more than `max_skew_ms` ahead of the wall clock (`now`, epoch ms), naming both times."""
+    now = now_ms() if now is None else now
+    if ms - now > max_skew_ms:
+        raise Invalid(f"{name} {ms} ({utc_text(ms)}) is {(ms - now) // 1000} s ahead of the wall clock {now} "
+                      f"({utc_text(now)}); at most MAX_CLOCK_SKEW_S={max_skew_ms // 1000} s is accepted")
 
 
 def _decimal(record: dict, name: str, int_digits: int, scale: int, positive: bool = True) -> Decimal:
@@ -189,9 +238,12 @@ def _key_is(key: bytes | None, expected: str, what: str) -> None:
         raise Invalid(f"key {key!r:.60} is not the {what} {expected!r}")
 
 
-def check_trade(key: bytes | None, value: bytes | None) -> dict:
+def check_trade(key: bytes | None, value: bytes | None, max_skew_ms: int, timestamp_ms: int | None = None,
+                now: int | None = None) -> dict:
     """A binance.aggtrades record: keyed by its symbol; ids are int64; price and qty positive decimals of at most
-    10 digits before the point and 8 after; trade_time between 2010 and 2100."""
+    10 digits before the point and 8 after; trade_time between 2010 and 2100 and at most `max_skew_ms` ahead of the
+    wall clock (`now`, epoch ms), and so the record's Kafka timestamp (`timestamp_ms`) where it is given: the
+    stream job's event time, which one record from the future would move for every trade after it."""
     record = decode(value)
     trade = {"symbol": _symbol(record), "agg_id": _int(record, "agg_id"),
              "price": _decimal(record, "price", 10, 8), "qty": _decimal(record, "qty", 10, 8),
@@ -202,12 +254,16 @@ def check_trade(key: bytes | None, value: bytes | None) -> dict:
     if trade["last_trade_id"] < trade["first_trade_id"]:
         raise Invalid("last_trade_id is before first_trade_id")
     _key_is(key, trade["symbol"], "symbol")
+    check_not_ahead("trade_time", trade["trade_time"], max_skew_ms, now)
+    if timestamp_ms is not None:
+        check_not_ahead("Kafka timestamp", timestamp_ms, max_skew_ms, now)
     return trade
 
 
-def check_candle(key: bytes | None, value: bytes | None) -> dict:
-    """A crypto.candles-1m record: a whole minute; prices positive, low <= open, close <= high; at least one
-    trade. The key is the symbol, or (ksqlDB's windowed key) the symbol followed by 8 bytes of window start."""
+def check_candle(key: bytes | None, value: bytes | None, max_skew_ms: int, now: int | None = None) -> dict:
+    """A crypto.candles-1m record: a whole minute, starting at most `max_skew_ms` ahead of the wall clock; prices
+    positive, low <= open, close <= high; at least one trade. The key is the symbol, or (ksqlDB's windowed key) the
+    symbol followed by 8 bytes of window start."""
     record = decode(value)
     candle = {"symbol": _symbol(record), "window_start": _time(record, "window_start"),
               "window_end": _time(record, "window_end"), "trade_count": _int(record, "trade_count", 1)}
@@ -222,12 +278,14 @@ def check_candle(key: bytes | None, value: bytes | None) -> dict:
     symbol = candle["symbol"].encode()
     if key is not None and key != symbol and not (len(key) == len(symbol) + 8 and key.startswith(symbol)):
         raise Invalid(f"key {key!r:.60} is not the symbol {candle['symbol']!r}")
+    check_not_ahead("window_start", candle["window_start"], max_skew_ms, now)
     return candle
 
 
-def check_alert(key: bytes | None, value: bytes | None) -> dict:
+def check_alert(key: bytes | None, value: bytes | None, max_skew_ms: int, now: int | None = None) -> dict:
     """A crypto.alerts record: keyed by its alert id; a known rule; value and threshold decimals of at most 20
-    digits before the point and 16 after; times between 2010 and 2100."""
+    digits before the point and 16 after; times between 2010 and 2100, at most `max_skew_ms` ahead of the wall
+    clock."""
     record = decode(value)
     alert_id = record.get("alert_id")
     if not isinstance(alert_id, str) or not 0 < len(alert_id) <= MAX_ID_LENGTH or not alert_id.isprintable():
@@ -242,4 +300,6 @@ def check_alert(key: bytes | None, value: bytes | None) -> dict:
              "price": None if record.get("price") is None else _decimal(record, "price", 10, 8),
              "detected_at": _time(record, "detected_at")}
     _key_is(key, alert_id, "alert id")
+    check_not_ahead("window_start", alert["window_start"], max_skew_ms, now)
+    check_not_ahead("detected_at", alert["detected_at"], max_skew_ms, now)
     return alert

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     # Flink commits its offsets under (for lag), and the grace period, the watermark's delay.
     stream_consumer_group: str = "crypto-stream"
     stream_grace_s: int = Field(default=10, ge=0, le=3600)
+    # How far ahead of this machine's clock a trade, candle or alert (and a trade's Kafka timestamp) may be before
+    # every consumer refuses it (cryptopipe.schemas): the exchange's clock and ours agree within seconds, and a
+    # record from further ahead would move the stream job's event time past every real trade after it. Below the
+    # broker's own bound (log.message.timestamp.after.max.ms, 1 hour), so any record it takes can be judged.
+    max_clock_skew_s: int = Field(default=schemas.DEFAULT_MAX_CLOCK_SKEW_S, ge=1, le=1800)
     # Alert rules: price move (high - low, % of open) in a 1-minute window; 1-minute quote volume.
     # Per-symbol overrides as SYMBOL:value,SYMBOL:value.
     alert_move_pct: float = Field(default=1.0, gt=0)
@@ -277,6 +282,10 @@ class Settings(BaseSettings):
     @property
     def symbols(self) -> list[str]:
         return split_symbols(self.binance_symbols)
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return self.max_clock_skew_s * 1000
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -69,8 +69,9 @@ def iso(ms: int) -> str:
 class TopicWindow:
     """The valid trades of one window in one topic, read partition by partition with an assigned consumer."""
 
-    def __init__(self, consumer, topic: str, start_ms: int, end_ms: int, symbols: list[str] | None):
-        self.consumer, self.topic = consumer, topic
+    def __init__(self, consumer, topic: str, start_ms: int, end_ms: int, symbols: list[str] | None,
+                 max_skew_ms: int):
+        self.consumer, self.topic, self.max_skew_ms = consumer, topic, max_skew_ms
         self.start_ms, self.end_ms, self.symbols = start_ms, end_ms, symbols
         self.trades: dict[str, dict[int, dict]] = {}  # symbol -> agg id -> trade
         self.invalid = 0
@@ -143,7 +144,7 @@ class TopicWindow:
                 if oldest is None:
                     oldest = msg.timestamp()[1]
                 try:
-                    trade = schemas.check_trade(msg.key(), msg.value())
+                    trade = schemas.check_trade(msg.key(), msg.value(), self.max_skew_ms, msg.timestamp()[1])
                 except schemas.Invalid:
                     # No trade time to trust: the record's timestamp (the trade time, by contract) places it.
                     key = (msg.key() or b"").decode(errors="replace")
@@ -201,6 +202,17 @@ def shown(ids: list[int]) -> dict:
     return {"count": len(ids), "ids": ids[:SHOWN_IDS]}
 
 
+def max_skew_ms() -> int:
+    """The validation contract's clock-skew bound (MAX_CLOCK_SKEW_S, which make up passes on), checked like the
+    settings check it."""
+    from cryptopipe import schemas
+
+    raw = os.environ.get("CRYPTO_MAX_CLOCK_SKEW_S", str(schemas.DEFAULT_MAX_CLOCK_SKEW_S))
+    if not raw.isdigit() or not 1 <= int(raw) <= 1800:
+        raise AirflowFailException(f"CRYPTO_MAX_CLOCK_SKEW_S={raw!r:.40} is not a whole number of seconds in 1..1800")
+    return int(raw) * 1000
+
+
 def reconcile_window(start: datetime, end: datetime, symbols: list[str] | None) -> dict:
     """Compare the window's trades in Kafka and PostgreSQL, insert what PostgreSQL misses; the result's details."""
     from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
@@ -225,7 +237,7 @@ def reconcile_window(start: datetime, end: datetime, symbols: list[str] | None) 
     # get_conn: the provider's consumer built from the connection, not subscribed; partitions are assigned.
     consumer = hook.get_conn
     try:
-        window = TopicWindow(consumer, topic, epoch_ms(start), epoch_ms(end), symbols)
+        window = TopicWindow(consumer, topic, epoch_ms(start), epoch_ms(end), symbols, max_skew_ms())
         window.read()
         # One cutoff for the whole topic: the latest time from which every partition is still held. Which
         # partition a symbol lives in follows from Kafka's key hash, which this DAG does not compute; one cutoff

@@ -24,7 +24,7 @@ RECONCILIATION_GROUP = "airflow-reconciliation"
 
 def airflow_connections(settings: Settings) -> dict[str, str]:
     """{"AIRFLOW_CONN_CRYPTO_READER": "postgresql://...", ...AIRFLOW, ...RETENTION, ...BACKFILL} for the stack's
-    PostgreSQL, AIRFLOW_CONN_CRYPTO_KAFKA for its Kafka, and CRYPTO_AGGTRADES_TOPIC."""
+    PostgreSQL, AIRFLOW_CONN_CRYPTO_KAFKA for its Kafka, CRYPTO_AGGTRADES_TOPIC and CRYPTO_MAX_CLOCK_SKEW_S."""
     out = {}
     for conn_id, role in CONNECTIONS.items():
         p = settings.pg_params(role)
@@ -38,4 +38,6 @@ def airflow_connections(settings: Settings) -> dict[str, str]:
     out["AIRFLOW_CONN_CRYPTO_KAFKA"] = json.dumps({"conn_type": "kafka", "extra": kafka})
     # The topic kafka_reconciliation reads (tests point a run at one of their own).
     out["CRYPTO_AGGTRADES_TOPIC"] = settings.aggtrades_topic
+    # The validation contract's clock-skew bound, as every other consumer applies it.
+    out["CRYPTO_MAX_CLOCK_SKEW_S"] = str(settings.max_clock_skew_s)
     return out

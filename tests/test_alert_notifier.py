@@ -20,6 +20,8 @@ from functions.alert_notifier.alerts import BadAlert, parse_alert
 
 from .helpers import Process, caught_up, create_topics, delete_topics, kill_running, read_topic, wait_for
 
+SKEW_MS = schemas.DEFAULT_MAX_CLOCK_SKEW_S * 1000
+
 MIN = 60_000
 
 
@@ -164,10 +166,10 @@ def test_records_that_are_not_alerts_are_named():
                         (b'{"alert_id": "a", "symbol": "SS", "rule": "price_move", "window_start": 1617580800000, '
                          b'"value": "x", "threshold": 1}', "value 'x' is not a JSON number")]:
         with pytest.raises(BadAlert, match=reason.replace("(", r"\(").replace(")", r"\)")):
-            parse_alert(b"a", raw)
-    assert parse_alert(key, schemas.to_json(schemas.ALERT, alert("BTCUSDT", price=None))).price is None
+            parse_alert(b"a", raw, SKEW_MS)
+    assert parse_alert(key, schemas.to_json(schemas.ALERT, alert("BTCUSDT", price=None)), SKEW_MS).price is None
     with pytest.raises(BadAlert, match="key"):
-        parse_alert(b"another", schemas.to_json(schemas.ALERT, good))
+        parse_alert(b"another", schemas.to_json(schemas.ALERT, good), SKEW_MS)
 
 
 def test_an_alert_the_contract_accepts_always_formats():
@@ -185,7 +187,7 @@ def test_an_alert_the_contract_accepts_always_formats():
                 raw = json.dumps({k: str(v) if isinstance(v, Decimal) else v for k, v in a.items()})
                 for k in ("value", "threshold", "price"):  # as JSON numbers, every digit kept
                     raw = raw.replace(f'"{k}": "{a[k]}"', f'"{k}": {a[k]}')
-                parsed = parse_alert(a["alert_id"].encode(), raw.encode())
+                parsed = parse_alert(a["alert_id"].encode(), raw.encode(), SKEW_MS)
                 assert parsed.value == value
                 assert rule in describe(parsed) and slack_message(parsed)["text"]
 
@@ -207,7 +209,7 @@ def test_slack_text_escapes_what_came_with_the_alert():
     assert message["text"].startswith(":rotating_light: &lt;!channel&gt; &lt;@U123&gt; 1.5 (threshold 1)")
     assert "`&lt;!here&gt;&amp;&lt;http://evil.example|click&gt;`" in texts[2]
     # Ordinary alerts read as before.
-    assert slack_message(parse_alert(a["alert_id"].encode(), schemas.to_json(schemas.ALERT, a)))["text"].startswith(
+    assert slack_message(parse_alert(a["alert_id"].encode(), schemas.to_json(schemas.ALERT, a), SKEW_MS))["text"].startswith(
         ":rotating_light: BTCUSDT price_move 1.52% (threshold 1.00%)")
 
 

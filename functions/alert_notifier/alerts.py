@@ -30,11 +30,11 @@ class Alert:
     detected_at: int | None
 
 
-def parse_alert(key: bytes | None, raw: bytes | None) -> Alert:
+def parse_alert(key: bytes | None, raw: bytes | None, max_skew_ms: int) -> Alert:
     """An alert record checked against the validation contract (`schemas.check_alert`: a known rule, times
-    between 2010 and 2100, decimals that format without overflow, keyed by its id); BadAlert names what is
-    wrong. Fields beyond the contract are ignored."""
-    a = check_alert(key, raw)
+    between 2010 and 2100 and at most `max_skew_ms` ahead of the wall clock, decimals that format without
+    overflow, keyed by its id); BadAlert names what is wrong. Fields beyond the contract are ignored."""
+    a = check_alert(key, raw, max_skew_ms)
     return Alert(a["alert_id"], a["symbol"], a["rule"], a["window_start"], a["value"], a["threshold"], a["price"],
                  a["detected_at"])
 

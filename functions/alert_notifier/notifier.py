@@ -113,7 +113,7 @@ class AlertNotifier:
         # The validation contract decides what an alert is (a tombstone is not one: the stream never deletes
         # an alert); the message is made here too, so that no alert that passed can fail later.
         try:
-            alert = parse_alert(msg.key(), msg.value())
+            alert = parse_alert(msg.key(), msg.value(), self.s.max_clock_skew_ms)
             line, message = describe(alert, now_ms), slack_message(alert, now_ms)
         except BadAlert as err:
             reason = str(err)

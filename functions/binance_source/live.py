@@ -145,7 +145,7 @@ class StreamSource(BinanceSource):
             return self.bad_frame(payload, f"not an aggTrade event of a subscribed symbol (e={kind!r:.30}, "
                                            f"s={symbol!r:.30})")
         try:
-            agg_id, trade_time, value = trade_value(symbol, data)
+            agg_id, trade_time, value = trade_value(symbol, data, self.s.max_clock_skew_ms)
         except BadTrade as err:
             return self.bad_frame(payload, str(err), state)
         self.on_event(state, agg_id, trade_time, value)

@@ -45,9 +45,11 @@ def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def newest_agg_ids(client: dict[str, str], topic: str, symbols: list[str], timeout: float = 10.0) -> dict[str, int]:
-    """{symbol: newest agg_id in the topic} for the symbols that have any; reads each symbol's partition
-    backwards in growing chunks until it finds the symbol or reaches the partition's start."""
+def newest_agg_ids(client: dict[str, str], topic: str, symbols: list[str], max_skew_ms: int,
+                   timeout: float = 10.0) -> dict[str, int]:
+    """{symbol: newest agg_id in the topic} among the records the validation contract accepts (with `max_skew_ms`
+    of clock skew), for the symbols that have any; reads each symbol's partition backwards in growing chunks until
+    it finds the symbol or reaches the partition's start."""
     consumer = Consumer({
         **client, "group.id": RESUME_GROUP, "enable.auto.commit": False,
         "enable.partition.eof": True, "isolation.level": "read_committed",
@@ -65,7 +67,7 @@ def newest_agg_ids(client: dict[str, str], topic: str, symbols: list[str], timeo
             end, chunk = high, 1000
             while names - found.keys() and end > low:
                 start = max(low, end - chunk)
-                for key, agg_id in read_range(consumer, topic, partition, start, end, timeout):
+                for key, agg_id in read_range(consumer, topic, partition, start, end, max_skew_ms, timeout):
                     if key in names and agg_id > found.get(key, -1):
                         found[key] = agg_id
                 end, chunk = start, chunk * 4
@@ -74,7 +76,8 @@ def newest_agg_ids(client: dict[str, str], topic: str, symbols: list[str], timeo
         consumer.close()
 
 
-def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: int, timeout: float):
+def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: int, max_skew_ms: int,
+               timeout: float):
     """(key, agg_id) of the records at offsets [start, end) of one partition."""
     consumer.assign([TopicPartition(topic, partition, start)])
     offset = start
@@ -92,9 +95,10 @@ def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: 
             if msg.offset() >= end:
                 break
             try:
-                trade = schemas.check_trade(msg.key(), msg.value())
+                trade = schemas.check_trade(msg.key(), msg.value(), max_skew_ms, msg.timestamp()[1])
             except schemas.Invalid:
-                # Not a valid trade (someone else's malformed record, an agg id of 2^63): resuming after it
-                # would skip every trade up to it.
+                # Not a valid trade (someone else's malformed record, an agg id of 2^63, a trade from the
+                # future): resuming after it would skip every trade up to it. The contract is total, so no
+                # record can make this raise anything else and stop the source.
                 continue
             yield trade["symbol"], trade["agg_id"]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from cryptopipe.schemas import MAX_INT64, MAX_TIME_MS, MIN_TIME_MS, SYMBOL, Invalid, check_trade
+import time
+
+from cryptopipe.schemas import (DEFAULT_MAX_CLOCK_SKEW_S, MAX_INT64, MAX_TIME_MS, MIN_TIME_MS, SYMBOL, Invalid,
+                                check_not_ahead, check_trade)
 
 # What Binance sends and the validation contract accepts, read from the text alone (no Decimal, no JSON
 # parse per trade): a JSON number of at most 10 digits before the point and at most 8 decimals that are not
@@ -23,9 +26,11 @@ class BadTrade(ValueError):
     pass
 
 
-def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
+def trade_value(symbol: str, item: object,
+                max_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_S * 1000) -> tuple[int, int, bytes]:
     """(agg_id, trade_time, JSON value) of one aggTrades item, or BadTrade naming what is wrong. It accepts
-    exactly the items whose value the validation contract (`schemas.check_trade`) accepts.
+    exactly the items whose value the validation contract (`schemas.check_trade` with `max_skew_ms`) accepts: the
+    trade time is also the record's Kafka timestamp, which the broker refuses more than an hour ahead.
 
     Prices and quantities are written as JSON numbers with Binance's exact digits, so no float rounding
     happens anywhere on the way to PostgreSQL's numeric columns."""
@@ -52,6 +57,11 @@ def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
         raise BadTrade(f"field m is {item['m']!r:.20}, not a boolean")
     if item["l"] < item["f"]:
         raise BadTrade(f"last trade id {item['l']} is before first trade id {item['f']}")
+    if item["T"] - time.time() * 1000 > max_skew_ms:
+        try:
+            check_not_ahead("trade_time", item["T"], max_skew_ms)
+        except Invalid as err:
+            raise BadTrade(str(err)) from None
     if symbol not in _valid_symbols:
         if not SYMBOL.match(symbol):
             raise BadTrade(f"symbol {symbol!r:.40} is not 2-20 upper-case letters and digits")
@@ -63,7 +73,7 @@ def trade_value(symbol: str, item: object) -> tuple[int, int, bytes]:
     ).encode()
     if not exact:
         try:
-            check_trade(symbol.encode(), value)
+            check_trade(symbol.encode(), value, max_skew_ms)
         except Invalid as err:
             raise BadTrade(str(err)) from None
     return item["a"], item["T"], value

@@ -67,7 +67,7 @@ class RedisSink:
     def prepare(self, msgs: list) -> tuple[dict[str, list[dict]], dict[str, dict]]:
         """Trades per symbol in event order, and the newest candle update per symbol; records the validation
         contract refuses to the DLQ."""
-        return split(msgs, self.s.aggtrades_topic, self.bad_record)
+        return split(msgs, self.s.aggtrades_topic, self.bad_record, self.s.max_clock_skew_ms)
 
     def bad_record(self, msg, reason: str) -> None:
         self.counters.count("bad_records")

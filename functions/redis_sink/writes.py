@@ -48,21 +48,22 @@ def text(value: object) -> object:
     return format(value, "f") if isinstance(value, Decimal) else value
 
 
-def split(msgs: list, trades_topic: str,
-          bad: Callable[[object, str], None]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+def split(msgs: list, trades_topic: str, bad: Callable[[object, str], None],
+          max_skew_ms: int) -> tuple[dict[str, list[dict]], dict[str, dict]]:
     """Trades per symbol in event order, and the newest candle update per symbol; `bad(msg, reason)` for each
-    record the validation contract refuses (check_trade, check_candle), or whose handling raised."""
+    record the validation contract refuses (check_trade, check_candle, with `max_skew_ms` of clock skew), or whose
+    handling raised. A trade from the future would otherwise hold its symbol's price for ever (newest wins)."""
     trades: dict[str, list[dict]] = {}
     candles: dict[str, dict] = {}
     for msg in msgs:
         try:
             if msg.topic() == trades_topic:
-                t = check_trade(msg.key(), msg.value())
+                t = check_trade(msg.key(), msg.value(), max_skew_ms, msg.timestamp()[1])
                 trade = {"symbol": t["symbol"], "price": text(t["price"]), "trade_time": t["trade_time"],
                          "agg_id": t["agg_id"]}
                 trades.setdefault(trade["symbol"], []).append(trade)
             else:
-                c = check_candle(msg.key(), msg.value())
+                c = check_candle(msg.key(), msg.value(), max_skew_ms)
                 candle = {k: text(c[k]) for k in CANDLE_FIELDS}
                 key = candle["symbol"]
                 old = candles.get(key)
