@@ -3,16 +3,23 @@ per symbol, through restarts, rate limits and bad answers."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+import time
 
 import requests
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from chaos.malformed import records, trade
 from functions.binance_source.resume import newest_agg_ids
+from functions.binance_source.schedule import SymbolState
+from functions.binance_source.source import BinanceSource
+from functions.binance_source.trades import trade_value
 
 from .helpers import (SHORT_TAPES, XRP_TAPE, assert_exactly_the_tapes, create_topics, delete_topics, read_topic,
-                      topic_size, wait_for)
+                      tape, topic_size, wait_for)
 
 
 def test_every_trade_once_in_order_and_unknown_symbols_reported(settings, stack, harness):
@@ -122,6 +129,78 @@ def test_resume_skips_records_that_break_the_contract(settings, stack, unique):
         producer.produce(topic, key=key, value=value)
     assert producer.flush(10) == 0
     try:
-        assert newest_agg_ids(settings.kafka_config(), topic, [symbol]) == {symbol: 9}
+        assert newest_agg_ids(settings.kafka_config(), topic, [symbol], settings.max_clock_skew_ms) == {symbol: 9}
     finally:
         delete_topics(settings, topic)
+
+
+def with_topic_config(settings, topic: str, **config: str) -> None:
+    admin = AdminClient(settings.kafka_config())
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
+    for fut in admin.incremental_alter_configs([resource]).values():
+        fut.result()
+
+
+def test_a_trade_the_broker_refuses_is_dead_lettered_and_every_other_trade_flows(settings, stack, harness, tmp_path):
+    """The broker refuses a record whose timestamp is too far ahead (INVALID_TIMESTAMP), and with it the whole
+    produce batch of its partition. Here the topic takes at most one minute ahead and the source (MAX_CLOCK_SKEW_S
+    300) lets a trade three minutes ahead through, as against a broker whose clock is behind: that one trade goes
+    to the source's dead-letter topic with the broker's error, every other trade reaches the topic once and in
+    order (the ones refused with it in its batch included), and the source runs on."""
+    now = int(time.time() * 1000)
+    trades = [t | {"T": now - 30 * 60_000 + i * 1000} for i, t in enumerate(tape(SHORT_TAPES["BTCUSDT"])[:600])]
+    bad = 250
+    trades[bad]["T"] = now + 3 * 60_000
+    folder = tmp_path / "tape"
+    folder.mkdir()
+    (folder / "btcusdt_aggtrades_now.json").write_text(json.dumps(trades))
+    with_topic_config(settings, harness.topic, message_timestamp_after_max_ms="60000")
+    harness.serve({})  # the tape written above
+    harness.expected = {"BTCUSDT": trades[:bad] + trades[bad + 1:]}
+    proc = harness.start("BTCUSDT", max_clock_skew_s=300, binance_page_limit=100)
+    wait_for(lambda: topic_size(settings, harness.topic) >= len(trades) - 1 and read_topic(settings, harness.dlq, 1),
+             120, "every other trade in the topic and one dead letter")
+    time.sleep(2)  # nothing more may come
+    assert proc.proc.poll() is None, "the source stopped"
+    assert proc.stop() == 0
+    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+    [dead] = read_topic(settings, harness.dlq)
+    assert json.loads(dead.value())["agg_id"] == trades[bad]["a"] and dead.key() == b"BTCUSDT"
+    reason = dict(dead.headers())["error.reason"].decode()
+    assert reason.startswith("refused by Kafka: INVALID_TIMESTAMP") and str(trades[bad]["a"]) in reason, reason
+    counters = harness.status()["counters"]
+    assert counters["refused_by_kafka"] == 1 and counters["trades_produced"] == len(trades) - 1
+
+
+def test_a_record_too_large_for_the_topic_is_dead_lettered_and_the_cursor_moves_on(settings, stack, unique):
+    """RECORD_TOO_LARGE, the other refusal of a record itself: a topic whose max.message.bytes was lowered below
+    one trade (padded with an incompressible field here; no trade the source builds is that large) and below a
+    full produce batch. The source's delivery sends each failed trade again alone: the padded one goes to the
+    dead-letter topic with the broker's error, the others to the topic, and the cursor passes them all."""
+    topic, prefix = f"test.refused-{unique}", f"test.{unique}.dlq."
+    create_topics(settings, topic, partitions=1)
+    create_topics(settings, prefix + "source", partitions=1)
+    with_topic_config(settings, topic, max_message_bytes="2000")
+    s = settings.model_copy(update={"aggtrades_topic": topic, "dlq_topic_prefix": prefix, "kafka_as_admin": True})
+    source = BinanceSource(s)
+    try:
+        state = source.states["BTCUSDT"] = SymbolState("BTCUSDT", cursor=0, fetch_from=0)
+        values = [trade_value("BTCUSDT", t) for t in tape(SHORT_TAPES["BTCUSDT"])[:300]]
+        big = 120
+        agg_id, ts, value = values[big]
+        values[big] = (agg_id, ts, value[:-1] + b',"pad":"' + base64.b64encode(random.randbytes(3000)) + b'"}')
+        source.delivery.produce(state, values)
+        assert source.producer.flush(30) == 0
+        assert state.delivery_failed and state.refused
+        source.delivery.recover(state)
+        assert (state.cursor, state.fetch_from, state.delivery_failed) == (values[-1][0] + 1,) * 2 + (False,)
+        got = [json.loads(m.value())["agg_id"] for m in read_topic(settings, topic)]
+        assert sorted(got) == sorted(v[0] for i, v in enumerate(values) if i != big) and len(set(got)) == len(got)
+        [dead] = read_topic(settings, prefix + "source")
+        assert dead.value() == values[big][2]
+        assert dict(dead.headers())["error.reason"].decode().startswith("refused by Kafka: MSG_SIZE_TOO_LARGE")
+        assert source.counters["refused_by_kafka"] == 1
+    finally:
+        source.producer.flush(10)
+        delete_topics(settings, topic, prefix + "source")

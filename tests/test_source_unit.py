@@ -14,6 +14,8 @@ from functions.binance_source.resume import murmur2, partition_for
 from functions.binance_source.source import BadTrade, BinanceSource, SymbolState, parse_start_time, trade_value
 from functions.binance_source.streams import ConnectionBudget
 
+SKEW_MS = 120_000
+
 GOOD = {"a": 665076760, "p": "58001.03000000", "q": "0.08620500", "f": 745522877, "l": 745522877,
         "T": 1617566591314, "m": True, "M": True}
 
@@ -147,7 +149,7 @@ def test_trade_value_accepts_exactly_what_the_contract_accepts():
     for item in corpus():
         value = built_value("BTCUSDT", item)
         try:
-            contract = check_trade(b"BTCUSDT", value) if value is not None else None
+            contract = check_trade(b"BTCUSDT", value, SKEW_MS) if value is not None else None
         except Invalid:
             contract = None
         try:
@@ -213,7 +215,7 @@ def test_recovery_waits_for_kafka_instead_of_failing(tmp_path, monkeypatch):
 
     calls = []
 
-    def newest_agg_ids(bootstrap, topic, symbols):
+    def newest_agg_ids(bootstrap, topic, symbols, max_skew_ms):
         calls.append(symbols)
         if len(calls) <= 3:
             raise [KafkaException(KafkaError(KafkaError._TRANSPORT)), TimeoutError("read timed out"),

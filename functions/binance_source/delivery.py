@@ -1,13 +1,18 @@
 """The source's producer and the cursors it moves: a symbol's cursor (where the source resumes, and what it
 reports) only passes trades the broker acknowledged, and after a failed delivery the fetch position goes
-back to what Kafka really holds."""
+back to what Kafka really holds.
+
+A record the broker refuses (INVALID_TIMESTAMP, RECORD_TOO_LARGE, ...) fails the whole produce batch of its
+partition, so after a failure each failed trade is sent again alone: the ones that go through were only caught in
+the batch; the one the broker still refuses goes to `crypto.dlq.source` with the broker's error, and the cursor
+moves on past it. Nothing is lost, nothing is written twice, and no record can stall the source."""
 
 from __future__ import annotations
 
 import logging
 from typing import Callable
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cryptopipe.retry import retrying
 from cryptopipe.run import Counters
@@ -19,6 +24,14 @@ log = logging.getLogger("binance_source")
 
 # What reading the topic back raises while Kafka is away or the topic is not there yet (resume.newest_agg_ids).
 KAFKA_AWAY = (KafkaException, TimeoutError, RuntimeError, LookupError)
+# The broker's refusals of a record itself: sent again alone, it is refused again, whatever the broker's state.
+# (Other delivery errors, an ACL taken away or a topic deleted, refuse every record: those are retried.)
+REFUSED_RECORD = frozenset({KafkaError.INVALID_TIMESTAMP, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                            KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE})
+
+
+class NotDelivered(Exception):
+    """A trade sent alone failed with an error that is not about the record itself."""
 
 
 def trades_producer(settings: Settings) -> Producer:
@@ -41,21 +54,22 @@ class Delivery:
     """Produces trades of the symbols in `states` (the source's own dict) and follows their acknowledgements."""
 
     def __init__(self, settings: Settings, states: dict[str, SymbolState], counters: Counters, producer: Producer,
-                 stopping: Callable[[], bool] = lambda: False):
+                 dead_letter: Callable[[str, bytes, str], None], stopping: Callable[[], bool] = lambda: False):
         self.s = settings
         self.states = states
         self.counters = counters
         self.producer = producer
+        self.dead_letter = dead_letter  # (symbol, value, reason)
         self.stopping = stopping
-        self.errors: list[str] = []
         self.acked = 0  # acknowledged since the last settle(): the counter's lock costs too much per trade
         # Reading back what Kafka holds waits for Kafka, however long it is away.
         self.kafka_retry = retrying(KAFKA_AWAY, 0.5, 30.0)
+        self.resend_retry = retrying((NotDelivered,), 0.5, 30.0)
 
     def produce(self, state: SymbolState, values: list[tuple[int, int, bytes]]) -> None:
         key = state.symbol.encode()
         for agg_id, trade_time, value in values:
-            state.inflight.append((agg_id, trade_time))
+            state.inflight.append((agg_id, trade_time, value))
             while True:
                 try:
                     self.producer.produce(self.s.aggtrades_topic, value=value, key=key, timestamp=trade_time,
@@ -67,18 +81,23 @@ class Delivery:
 
     def on_delivery(self, err, msg) -> None:
         """Acknowledgements arrive in order per partition, and a symbol lives in one partition: the oldest
-        in-flight trade of the symbol is the one acknowledged."""
+        in-flight trade of the symbol is the one acknowledged. After a failure the cursor stays before the failed
+        trade until recover() has settled it."""
         state = self.states.get(msg.key().decode())
         if state is None or not state.inflight:
             return
-        agg_id, trade_time = state.inflight.popleft()
-        if err is not None or state.delivery_failed:
+        agg_id, trade_time, value = state.inflight.popleft()
+        if err is not None:
             state.delivery_failed = True
-            self.errors.append(str(err))
+            state.refused.append((agg_id, trade_time, value, err))
             return
-        state.cursor = agg_id + 1
+        self.delivered(state, agg_id, trade_time)
+
+    def delivered(self, state: SymbolState, agg_id: int, trade_time: int) -> None:
+        if not state.delivery_failed:
+            state.cursor = agg_id + 1
         state.produced += 1
-        state.newest_time = trade_time
+        state.newest_time = max(trade_time, state.newest_time or trade_time)
         self.acked += 1
 
     def settle(self) -> None:
@@ -99,23 +118,62 @@ class Delivery:
                         self.s.aggtrades_topic, attempt, err)
 
         return self.kafka_retry.call_with_retry(
-            lambda: newest_agg_ids(self.s.kafka_config("source"), self.s.aggtrades_topic, symbols), fail,
+            lambda: newest_agg_ids(self.s.kafka_config("source"), self.s.aggtrades_topic, symbols,
+                                   self.s.max_clock_skew_ms), fail,
             with_failure_count=True)
 
     def recover(self, state: SymbolState) -> None:
-        """After a failed delivery: wait until nothing is in flight (delivered, or failed after the producer's
-        message.timeout.ms), then continue after what Kafka really holds."""
+        """After a failed delivery: wait until nothing is in flight, send each failed trade again alone (into the
+        dead-letter topic if the broker refuses it itself), then continue after what Kafka really holds."""
+        self.wait_for_kafka()
+        self.counters.count("delivery_failures")
+        refused, state.refused = sorted(state.refused, key=lambda r: r[0]), []
+        log.error("%s: %d deliveries failed (first: agg id %s, %s); sending each again alone", state.symbol,
+                  len(refused), refused[0][0] if refused else None, refused[0][3] if refused else None)
+        for agg_id, trade_time, value, _err in refused:
+            self.resend(state, agg_id, trade_time, value)
+        newest = self.newest([state.symbol]).get(state.symbol, -1)
+        # Dead-lettered trades are not in the topic, yet everything up to the last of them is settled.
+        cursor = max(newest, refused[-1][0] if refused else -1) + 1
+        log.info("%s: continuing after agg id %d", state.symbol, cursor - 1)
+        if cursor > 0:
+            state.cursor = cursor
+        state.fetch_from = state.cursor
+        state.inflight.clear()
+        state.delivery_failed = False
+
+    def wait_for_kafka(self) -> None:
+        """Until every queued record is delivered or has failed."""
         while (left := self.producer.flush(5)) > 0:
             log.warning("%d records still in flight; waiting for Kafka", left)
             if self.stopping():
                 raise SystemExit(0)
-        self.counters.count("delivery_failures")
-        newest = self.newest([state.symbol])
-        log.error("%s: delivery failed (%s); continuing after agg id %s, the newest in Kafka", state.symbol,
-                  "; ".join(self.errors[:3]), newest.get(state.symbol))
-        self.errors.clear()
-        if state.symbol in newest:
-            state.cursor = newest[state.symbol] + 1
-        state.fetch_from = state.cursor
-        state.inflight.clear()
-        state.delivery_failed = False
+
+    def resend(self, state: SymbolState, agg_id: int, trade_time: int, value: bytes) -> None:
+        """One failed trade, alone in its produce request (nothing else is queued): delivered; or refused by the
+        broker for what it is, and dead-lettered with the broker's error; or, for any other error, tried again
+        with backoff until Kafka takes it."""
+        def send_alone() -> KafkaError | None:
+            outcome: list[KafkaError | None] = []
+            self.producer.produce(self.s.aggtrades_topic, value=value, key=state.symbol.encode(),
+                                  timestamp=trade_time, on_delivery=lambda err, _msg: outcome.append(err))
+            self.wait_for_kafka()
+            if outcome[0] is not None and outcome[0].code() not in REFUSED_RECORD:
+                raise NotDelivered(outcome[0])
+            return outcome[0]
+
+        def fail(err: Exception, attempt: int) -> None:
+            if self.stopping():
+                raise SystemExit(0)
+            self.counters.count("delivery_retries")
+            log.error("%s: agg id %d failed again alone (attempt %d): %s; trying again", state.symbol, agg_id,
+                      attempt, err)
+
+        err = self.resend_retry.call_with_retry(send_alone, fail, with_failure_count=True)
+        if err is None:
+            self.delivered(state, agg_id, trade_time)
+            return
+        self.counters.count("refused_by_kafka")
+        self.dead_letter(state.symbol, value, f"refused by Kafka: {err.name()}: {err.str()} "
+                                              f"(agg id {agg_id}, timestamp {trade_time})")
+        self.wait_for_kafka()

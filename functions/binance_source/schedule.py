@@ -17,8 +17,9 @@ class SymbolState:
     symbol: str
     cursor: int | None = None  # the id after the newest acknowledged trade; None until known
     fetch_from: int | None = None  # the next id to request: at or ahead of the cursor
-    inflight: deque = field(default_factory=deque)  # (agg_id, trade_time) produced, not yet acknowledged
+    inflight: deque = field(default_factory=deque)  # (agg_id, trade_time, value) produced, not yet acknowledged
     delivery_failed: bool = False
+    refused: list = field(default_factory=list)  # (agg_id, trade_time, value, KafkaError) whose delivery failed
     next_poll: float = 0.0
     last_poll: float = 0.0
     rate: float = 1.0  # trades per second, smoothed

@@ -58,7 +58,8 @@ class BinanceSource:
                                     settings.binance_read_timeout_s)
         self.producer = producer or trades_producer(settings)
         self.states: dict[str, SymbolState] = {}
-        self.delivery = Delivery(settings, self.states, self.counters, self.producer, lambda: self.stopping)
+        self.delivery = Delivery(settings, self.states, self.counters, self.producer, self.dead_letter,
+                                 lambda: self.stopping)
         self.dead_letters = DeadLetters(settings, "source", self.counters, self.producer)
         self.start_time = parse_start_time(settings.binance_start_time)
         self.backoff = backoff(0.5, 30.0)
@@ -119,7 +120,7 @@ class BinanceSource:
         if not rows:
             return False
         try:
-            agg_id = trade_value(state.symbol, rows[0])[0]
+            agg_id = trade_value(state.symbol, rows[0], self.s.max_clock_skew_ms)[0]
         except BadTrade as err:
             self.counters.count("bad_items")
             self.dead_letter(state.symbol, json.dumps(rows[0]).encode(), str(err))
@@ -217,7 +218,7 @@ class BinanceSource:
         problem, skip_to = None, None
         for item in items:
             try:
-                agg_id, trade_time, value = trade_value(state.symbol, item)
+                agg_id, trade_time, value = trade_value(state.symbol, item, self.s.max_clock_skew_ms)
             except BadTrade as err:
                 self.counters.count("bad_items")
                 self.dead_letter(state.symbol, json.dumps(item).encode(), str(err))
