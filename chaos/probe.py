@@ -10,9 +10,10 @@ import requests
 from cryptopipe.run import read_status
 from cryptopipe.settings import Settings
 from ops import flink_deploy, functions_ctl
-from ops.connectors import all_statuses, is_running, load_configs
+from ops.connectors import all_statuses, is_running
 from ops.kafka_admin import LagProbe
 from ops.stack import NativeStack
+from ops.status import consumer_groups
 
 # Records a group may be behind and still count as caught up: a live feed is never at exactly 0 between two
 # looks, the stream commits each second and Connect every 5 s: the trades of about 6 s.
@@ -28,12 +29,7 @@ class Probe:
         self.slack = max(100, int(trades_per_s * LAG_SECONDS))
         self.timeout_s, self.log = timeout_s, log
         self.lags = LagProbe(settings.kafka_config())
-        s = settings
-        # Each group with the topics it reads now (a group may still hold offsets of a topic it read before).
-        self.groups = {s.stream_consumer_group: (s.aggtrades_topic,),
-                       s.redis_sink_group: (s.aggtrades_topic, s.candles_topic),
-                       s.alert_notifier_group: (s.alerts_topic,),
-                       **{f"connect-{name}": (cfg["topics"],) for name, cfg in load_configs().items()}}
+        self.groups = {group: topics for group, (_, topics) in consumer_groups(settings).items()}
 
     def why_not(self, tape_running: bool) -> str | None:
         """None when caught up, else the first thing that is not."""
@@ -62,10 +58,11 @@ class Probe:
                 return f"connector {name} not RUNNING"
         for group, topics in self.groups.items():
             try:
-                lag = self.lags.lag(group, topics) or {}
+                # from_start: a partition the group has not committed yet is behind by all it holds.
+                lag = self.lags.lag(group, topics, from_start=True)
             except Exception as err:  # Kafka still coming back
                 return f"lag of {group} unknown ({type(err).__name__})"
-            behind = sum(n for topic, n in lag.items() if topic in topics)
+            behind = sum(lag.values())
             if behind > self.slack:
                 return f"{group} {behind} behind"
         report = read_status(self.s, "source") or {}
@@ -83,7 +80,7 @@ class Probe:
 
     def kafka_answers(self) -> bool:
         try:
-            return len(self.lags.admin.list_topics(timeout=3).brokers) > 0
+            return len(self.lags.consumer.list_topics(timeout=3).brokers) > 0
         except Exception:  # KafkaException while it restarts
             return False
 

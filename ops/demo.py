@@ -152,7 +152,7 @@ def follow(settings: Settings, tapes, symbols, total: int, alive, console: Conso
 
     def alerts_lag() -> int | None:
         return consumer_lag(settings.kafka_config(), settings.alert_notifier_group,
-                            (settings.alerts_topic,)).get(settings.alerts_topic)
+                            (settings.alerts_topic,), from_start=True).get(settings.alerts_topic)
 
     with Progress(*columns, console=console) as progress:
         produced = progress.add_task("trades produced", total=total)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -52,32 +52,51 @@ def ensure_topics(admin: AdminClient, topics: tuple[Topic, ...], timeout: float 
 
 class LagProbe:
     """The clients `consumer_lag` needs, opened once for many calls (make status, the chaos run's probe):
-    creating and dropping clients by the dozen while a broker restarts is what librdkafka likes least."""
+    creating and dropping clients by the dozen while a broker restarts is what librdkafka likes least.
+
+    A group's committed offsets are read by a Consumer carrying that group's group.id, never subscribed:
+    `AdminClient.list_consumer_group_offsets` answered with NOT_COORDINATOR (a broker restarting) makes
+    librdkafka dereference the consumer-group object an AdminClient does not have, and the process dies
+    (librdkafka #5040, `rdk:main segfault at 58`). A never subscribed Consumer does not join its group,
+    so it disturbs no member; it never commits."""
 
     def __init__(self, config: dict[str, str]):
-        self.admin = AdminClient(dict(config))
+        self.config = dict(config)
         # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
         self.consumer = Consumer({**config, "group.id": "cryptopipe-lag-probe",
                                   "isolation.level": "read_committed", "enable.partition.eof": True,
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.readers: dict[str, Consumer] = {}  # group -> the Consumer that reads its committed offsets
 
-    def lag(self, group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
-        """Offsets not yet committed by the group, per topic; None before its first commit unless `topics`
-        names what it reads (a partition it never committed then counts from its first retained offset).
+    def committed(self, group: str, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offset of each partition (OFFSET_INVALID where it never committed)."""
+        if group not in self.readers:
+            self.readers[group] = Consumer({**self.config, "group.id": group, "enable.auto.commit": False})
+        result = self.readers[group].committed(partitions, timeout=10)
+        for tp in result:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return result
+
+    def lag(self, group: str, topics: tuple[str, ...], from_start: bool = False) -> dict[str, int] | None:
+        """Offsets of `topics` not yet committed by the group, per topic. None when the group committed
+        nothing on them; with `from_start`, a partition it never committed counts from its first retained
+        offset instead (and the result is never None), else such a partition is left out.
 
         End offset minus committed offset counts transaction markers too (the stream function writes in
         transactions), so a group that has read everything would show a lag of one or two forever: where the
         gap holds no committed record, the lag is 0."""
-        future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in future.result(timeout=10).topic_partitions
-                     if tp.offset >= 0}
-        if not committed and not topics:
-            return None
         consumer = self.consumer
-        for topic in topics:
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                if (topic, p) not in committed:
-                    committed[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[0]
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in (self.committed(group, partitions) if partitions else []) if tp.offset >= 0}
+        if not committed and not from_start:
+            return None
+        if from_start:
+            for tp in partitions:
+                if (tp.topic, tp.partition) not in committed:
+                    committed[(tp.topic, tp.partition)] = consumer.get_watermark_offsets(tp, timeout=5)[0]
         lag: dict[str, int] = {}
         for (topic, partition), offset in committed.items():
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
@@ -88,14 +107,17 @@ class LagProbe:
         return lag
 
     def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
         self.consumer.close()
 
 
-def consumer_lag(config: dict[str, str], group: str, topics: tuple[str, ...] = ()) -> dict[str, int] | None:
+def consumer_lag(config: dict[str, str], group: str, topics: tuple[str, ...],
+                 from_start: bool = False) -> dict[str, int] | None:
     """LagProbe.lag for one call."""
     probe = LagProbe(config)
     try:
-        return probe.lag(group, topics)
+        return probe.lag(group, topics, from_start)
     finally:
         probe.close()
 

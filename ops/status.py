@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cryptopipe import topics
 from cryptopipe.run import read_status
-from cryptopipe.settings import load_settings
+from cryptopipe.settings import Settings, load_settings
 from ops import flink_deploy, functions_ctl, supervise
 from ops.airflow import AirflowClient
 from ops.dag_schedule import lateness
@@ -113,13 +113,16 @@ def topic_table(stack: NativeStack) -> Table:
     return table
 
 
-def consumer_groups(stack: NativeStack) -> dict[str, str]:
-    """The pipeline's consumer groups and what reads with them."""
-    s = stack.s
-    groups = {s.stream_consumer_group: "stream", s.redis_sink_group: "redis-sink",
-              s.alert_notifier_group: "alert-notifier"}
+def consumer_groups(settings: Settings) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The pipeline's consumer groups: what reads with each, and the topics it reads now (a group may still hold
+    offsets of a topic it read before; those are not its lag)."""
+    s = settings
+    groups = {s.stream_consumer_group: ("stream", (s.aggtrades_topic,)),
+              s.redis_sink_group: ("redis-sink", (s.aggtrades_topic, s.candles_topic)),
+              s.alert_notifier_group: ("alert-notifier", (s.alerts_topic,))}
     # Kafka Connect names a sink connector's group connect-<connector>.
-    groups.update({f"connect-{name}": f"connector {name}" for name in load_configs()})
+    for name, config in load_configs().items():
+        groups[f"connect-{name}"] = (f"connector {name}", tuple(t.strip() for t in config["topics"].split(",")))
     return groups
 
 
@@ -130,8 +133,8 @@ def lag_table(stack: NativeStack) -> Table:
         table.add_column(col, justify="right" if col == "lag" else "left")
     probe = LagProbe(stack.s.kafka_config())
     try:
-        for group, reader in consumer_groups(stack).items():
-            lag = probe.lag(group)
+        for group, (reader, topics) in consumer_groups(stack.s).items():
+            lag = probe.lag(group, topics)
             if lag is None:
                 table.add_row(group, reader, "-", "[yellow]no commits yet[/yellow]")
                 continue

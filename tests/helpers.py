@@ -150,7 +150,9 @@ class Process:
 
 def caught_up(settings, group: str, topic: str) -> bool:
     """The consumer group has committed the end of every partition of the topic."""
-    consumer = Consumer({**settings.kafka_config(), "group.id": group})
+    # The group's own group.id, never subscribed, never committing: it reads the group's offsets and leaves the group
+    # alone (an AdminClient's group-offset requests crash librdkafka while a broker restarts, librdkafka #5040).
+    consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
         for committed in consumer.committed(parts, timeout=10):
