@@ -97,5 +97,10 @@ class Faults:
 
         for kind, key, value in batch:
             self.producer.produce(self.s.aggtrades_topic, key=key, value=value, on_delivery=delivered(kind))
+        timestamped = malformed.timestamped(symbol)
+        for kind, key, value, timestamp in timestamped:
+            self.producer.produce(self.s.aggtrades_topic, key=key, value=value, timestamp=timestamp,
+                                  on_delivery=delivered(kind))
         self.producer.flush(60)
-        return f"{len(batch)} malformed records ({', '.join(k for k, _, _ in batch)})"
+        kinds = [k for k, _, _ in batch] + [k for k, *_ in timestamped]
+        return f"{len(kinds)} malformed records ({', '.join(kinds)})"

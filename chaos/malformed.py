@@ -1,6 +1,12 @@
-"""Every class of malformed record that once stopped a consumer or a connector task, as (class, key, value)."""
+"""Every class of malformed record that once stopped or skewed a consumer or a connector task, as (class, key,
+value), and those whose Kafka timestamp is what is wrong, as (class, key, value, timestamp)."""
 
 from __future__ import annotations
+
+import time
+
+YEAR_MS = 365 * 24 * 3600 * 1000
+FUTURE_AGG_ID = 2**62
 
 
 def trade(symbol: str, agg_id: int = 1, price: str = "0.00140000", qty: str = "1.00000000",
@@ -11,6 +17,7 @@ def trade(symbol: str, agg_id: int = 1, price: str = "0.00140000", qty: str = "1
 
 def records(symbol: str) -> list[tuple[str, bytes | None, bytes | None]]:
     key = symbol.encode()
+    now = int(time.time() * 1000)
     return [
         ("not_json", key, b"{nope"),
         ("json_array", key, b"[]"),
@@ -22,4 +29,18 @@ def records(symbol: str) -> list[tuple[str, bytes | None, bytes | None]]:
         ("id_overflow", key, trade(symbol, agg_id=2**63)),
         ("tombstone", key, None),
         ("key_not_utf8", b"\xff\xfe", trade(symbol)),
+        # 100 KB that made Python's json raise RecursionError, which the source's resume let through as "Kafka away".
+        ("deep_nesting", key, b"[" * 50_000 + b"]" * 50_000),
+        # Near the broker's limit: a price of 900,000 digits.
+        ("oversize", key, trade(symbol, price="1" + "0" * 900_000)),
+        # Stamped ten years ahead: newest-wins in Redis would have kept its price for ever. Its agg id is the highest
+        # of the symbol, so a source resuming after it would skip every real trade.
+        ("future_trade_time", key, trade(symbol, agg_id=FUTURE_AGG_ID, trade_time=now + 10 * YEAR_MS)),
     ]
+
+
+def timestamped(symbol: str) -> list[tuple[str, bytes, bytes, int]]:
+    """A good trade value whose Kafka timestamp (the stream job's event time) is 50 minutes ahead: within the
+    broker's hour, and once enough to make every trade after it late."""
+    return [("future_kafka_timestamp", symbol.encode(), trade(symbol, agg_id=FUTURE_AGG_ID),
+             int(time.time() * 1000) + 50 * 60_000)]

@@ -1,7 +1,9 @@
-"""Every class of malformed record that once stopped a consumer (chaos/malformed.py), interleaved with real
-trades of the tapes, through every consumer as processes on the real Kafka and Redis: each one dead-letters
+"""Every class of malformed record that once stopped or skewed a consumer (chaos/malformed.py), interleaved with
+real trades of the tapes, through every consumer as processes on the real Kafka and Redis: each one dead-letters
 exactly the malformed records (matched by error.partition and error.offset), goes on, and computes from the
-good trades alone what it would have without them. The JDBC sink reads only the stream function's validated
+good trades alone what it would have without them. A record whose Kafka timestamp is 50 minutes ahead comes
+before every trade of its symbol: none of them may be judged late (no late copy in the dead letters) and the
+statistics must be exact. The JDBC sink reads only the stream function's validated
 trades, so it never meets them. The notifier does the same for malformed alerts."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import requests
 from confluent_kafka import Producer
 
 from chaos import malformed
+from chaos.malformed import YEAR_MS
 from cryptopipe import schemas, topics
 from functions.binance_source.trades import trade_value
 from ops import flink_deploy, kafka_security
@@ -29,6 +32,7 @@ from .helpers import (Process, caught_up, create_topics, delete_topics, kill_run
                       read_topic, start_flink_job, tape, wait_for)
 from . import test_alert_notifier
 from .test_alert_notifier import alert
+from .test_stream import plain_stats
 
 harness = test_alert_notifier.harness  # the notifier's fixture: topics, a webhook receiver, the process
 
@@ -93,6 +97,9 @@ def flow(settings, stack, tmp_path_factory):
     try:
         producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random"})
         for symbol, trades in f.good.items():
+            for kind, key, value, timestamp in malformed.timestamped(symbol):
+                producer.produce(f.trades, key=key, value=value, timestamp=timestamp,
+                                 on_delivery=sent(kind, key, value))
             bad = malformed.records(symbol)
             every = len(trades) // (len(bad) + 1)
             for i, t in enumerate(trades):
@@ -107,7 +114,8 @@ def flow(settings, stack, tmp_path_factory):
             for kind, key, value in bad_candles(symbol):
                 producer.produce(f.candles, key=key, value=value, on_delivery=sent(kind, key, value))
         assert producer.flush(30) == 0
-        assert len(f.sent_bad) == 2 * (len(malformed.records("X")) + len(bad_candles("X")))
+        assert len(f.sent_bad) == 2 * (len(malformed.records("X")) + len(malformed.timestamped("X"))
+                                       + len(bad_candles("X")))
 
         env = {"AGGTRADES_TOPIC": f.trades, "TRADES_TOPIC": f.valid, "CANDLES_TOPIC": f.candles,
                "STATS_TOPIC": f.stats, "ALERTS_TOPIC": f.alerts, "DLQ_TOPIC_PREFIX": f.dlq_prefix,
@@ -154,7 +162,7 @@ def test_each_consumer_dead_letters_exactly_the_malformed_records_and_goes_on(se
         assert headers["error.component"] == component.encode()
         assert (m.key(), m.value()) == (key, value), kind  # the record as received
         kinds.add(kind)
-    assert kinds == {kind for kind, _, _ in malformed.records("X")} | (
+    assert kinds == {kind for kind, _, _ in malformed.records("X")} | {k for k, *_ in malformed.timestamped("X")} | (
         {kind for kind, _, _ in bad_candles("X")} if component == "redis-sink" else set())
 
 
@@ -172,6 +180,18 @@ def test_the_validated_trades_and_the_candles_are_those_of_the_good_trades(setti
         for start, want in expected.items():
             assert {k: got[start][k] for k in want} == want, (symbol, start)
     assert {s for s, _ in final} == set(flow.good)
+
+
+def test_the_statistics_are_exact_and_no_trade_was_late(settings, flow):
+    """The record from 50 minutes ahead moved no event time: the windows the tapes close (their first five
+    minutes) are there, each equal to the plain computation from the good trades."""
+    stats = latest_by_key(read_topic(settings, flow.stats), ("symbol", "window_start"))
+    for symbol, trades in flow.good.items():
+        got = {start: s for (sym, start), s in stats.items() if sym == symbol}
+        assert got, f"{symbol}: no statistics (its trades were judged late)"
+        for start, s in got.items():
+            for field, value in plain_stats(trades, start).items():
+                assert s[field] == value, (symbol, start, field, s[field], value)
 
 
 def test_redis_holds_the_last_good_price(settings, flow):
@@ -237,6 +257,7 @@ def alert_json(record: dict, **raw_fields: str) -> bytes:
 
 def test_the_notifier_dead_letters_malformed_alerts_and_delivers_the_good_ones(settings, stack, harness):
     good = [alert("BTCUSDT"), alert("ETHUSDT", "volume_spike")]
+    now_ms = int(time.time() * 1000)
     base = alert("DOTUSDT")
     bad = {
         "value 1e999999999": alert_json(base, value="1e999999999"),
@@ -245,6 +266,8 @@ def test_the_notifier_dead_letters_malformed_alerts_and_delivers_the_good_ones(s
         "window_start 2^63+5": alert_json(base, window_start=str(2**63 + 5)),
         "window_start negative": alert_json(base, window_start="-5"),
         "detected_at missing": alert_json(base, detected_at=None),
+        "window_start ten years ahead": alert_json(base, window_start=str(now_ms + 10 * YEAR_MS)),
+        "detected_at an hour ahead": alert_json(base, detected_at=str(now_ms + 3600_000)),
         "rule unknown": alert_json(base | {"rule": "drop_tables"}),
         "value true": alert_json(base, value="true"),
         "tombstone": None,

@@ -12,7 +12,7 @@ import requests
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from chaos.malformed import records, trade
+from chaos.malformed import records, timestamped, trade
 from functions.binance_source.resume import newest_agg_ids
 from functions.binance_source.schedule import SymbolState
 from functions.binance_source.source import BinanceSource
@@ -117,8 +117,10 @@ def test_bad_answers_never_stop_it_and_the_stream_ends_complete(settings, stack,
 
 
 def test_resume_skips_records_that_break_the_contract(settings, stack, unique):
-    """A malformed record someone else wrote after the newest trade (an agg id of 2^63, not JSON, a list) is no
-    place to resume from: resuming after it would skip every trade up to it (found by the chaos run)."""
+    """A malformed record someone else wrote after the newest trade (an agg id of 2^63, not JSON, a list, a trade
+    from the future with the highest agg id) is no place to resume from: resuming after it would skip every trade
+    up to it (found by the chaos run); and JSON nested 50,000 deep once raised RecursionError here, which the
+    source took for "Kafka away" and waited on for as long as the record stayed among the newest."""
     topic, symbol = f"test.resume-{unique}", f"RS{unique[:8].upper()}"
     create_topics(settings, topic)
     # The source's partitioner (Kafka's murmur2), so every record lands where the source looks for the symbol.
@@ -127,6 +129,8 @@ def test_resume_skips_records_that_break_the_contract(settings, stack, unique):
         producer.produce(topic, key=symbol.encode(), value=trade(symbol, agg_id=agg_id))
     for _, key, value in records(symbol):
         producer.produce(topic, key=key, value=value)
+    for _, key, value, timestamp in timestamped(symbol):
+        producer.produce(topic, key=key, value=value, timestamp=timestamp)
     assert producer.flush(10) == 0
     try:
         assert newest_agg_ids(settings.kafka_config(), topic, [symbol], settings.max_clock_skew_ms) == {symbol: 9}

@@ -16,8 +16,10 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import Producer
 
+from chaos import malformed
 from chaos.faults import worker_of
 from cryptopipe import schemas
+from functions.binance_source.trades import trade_value
 from ops import flink_deploy
 from replay.server import start_in_thread
 from replay.state import Replay
@@ -275,3 +277,37 @@ def test_kill_9_mid_tape_keeps_candles_exact_and_alerts_unique(settings, stack, 
     assert_candles_equal(latest_by_key(msgs, ("symbol", "window_start")), "XRPETH", plain_candles(trades))
     ids = [json.loads(m.value())["alert_id"] for m in read_topic(settings, pipeline.alerts)]
     assert ids and len(ids) == len(set(ids))
+
+
+def test_a_kafka_timestamp_from_the_future_moves_no_event_time(settings, stack, pipeline):
+    """A good trade whose Kafka timestamp is 50 minutes ahead (the broker takes up to an hour) once carried the
+    job's watermark past every real trade after it: each was judged late, copied to the dead letters and left out
+    of the statistics. Now it is refused as a record from the future, and the 2.5 days of XRPETH trades after it
+    are all on time: no late copy, candles and every closed 5-minute statistic exact."""
+    trades = tape("xrpeth_aggtrades_20191011-13.json")
+    producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random", "linger.ms": 20})
+    [(_, key, future, timestamp)] = malformed.timestamped("XRPETH")
+    producer.produce(pipeline.trades, key=key, value=future, timestamp=timestamp)
+    for t in trades:
+        _, ts, value = trade_value("XRPETH", t)
+        producer.produce(pipeline.trades, key=b"XRPETH", value=value, timestamp=ts)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    pipeline.start()
+    pipeline.wait_done(len(trades))
+    pipeline.stop()
+    [dead] = read_topic(settings, pipeline.dlq)  # the future record, and not one late copy
+    assert dead.value() == future
+    reason = dict(dead.headers())["error.reason"].decode()
+    assert reason.startswith(f"Kafka timestamp {timestamp} (") and "ahead of the wall clock" in reason, reason
+    final = latest_by_key(read_topic(settings, pipeline.candles), ("symbol", "window_start"))
+    assert_candles_equal(final, "XRPETH", plain_candles(trades))
+    stats = latest_by_key(read_topic(settings, pipeline.stats), ("symbol", "window_start"))
+    # Every 5-minute window with a trade that the last trade's watermark closed, and each exact.
+    last = trades[-1]["T"] - settings.stream_grace_s * 1000
+    closed = {start for t in trades for start in range(t["T"] // MIN * MIN - 4 * MIN, t["T"] // MIN * MIN + MIN, MIN)
+              if start + 5 * MIN <= last}
+    assert {start for _, start in stats} == closed
+    for (_, start), s in stats.items():
+        for field, value in plain_stats(trades, start).items():
+            assert s[field] == value, (start, field, s[field], value)
