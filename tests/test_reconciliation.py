@@ -5,6 +5,7 @@ that only the test uses, and the expected figures computed here from what the te
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -13,6 +14,8 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from chaos import malformed
+from chaos.malformed import YEAR_MS
 from cryptopipe import schemas
 from ops import kafka_security
 from ops.dag_run import run_dag
@@ -72,9 +75,14 @@ class Recon:
     def setup(self) -> None:
         create_topics(self.settings, self.topic, partitions=3)
         kafka_security.grant(self.settings, self.grants())
-        # One record the validation contract refuses, inside the window: counted as invalid, never repaired.
-        records = [(self.a, json.dumps({"symbol": self.a, "agg_id": "not a number"}).encode(),
-                    ms(self.start + timedelta(minutes=30)))]
+        # Records the validation contract refuses, inside the window: counted as invalid, never repaired. JSON
+        # nested 50,000 deep once raised RecursionError in the DAG; a trade stamped ten years ahead was taken.
+        inside = ms(self.start + timedelta(minutes=30))
+        records = [(self.a, json.dumps({"symbol": self.a, "agg_id": "not a number"}).encode(), inside),
+                   (self.a, b"[" * 50_000 + b"]" * 50_000, inside),
+                   (self.a, malformed.trade(self.a, agg_id=10**15, trade_time=int(time.time() * 1000) + 10 * YEAR_MS),
+                    inside)]
+        self.invalid = len(records)
         records += [(t["symbol"], schemas.to_json(schemas.TRADE, t), t["trade_time"]) for t in self.trades]
         failed = []
         producer = Producer({**self.settings.kafka_config(), "partitioner": "murmur2_random"})  # the source's
@@ -145,7 +153,7 @@ def test_a_clean_window_reconciles_with_nothing_to_repair(recon):
     expected = recon.expected()
     assert len(expected[recon.a]) > 100 and len(expected[recon.b]) == 506  # the hours around it are not counted
     assert_agree(detail, expected)
-    assert detail["invalid"] == 1 and detail["retention"] is None and detail["topic"] == recon.topic
+    assert detail["invalid"] == recon.invalid and detail["retention"] is None and detail["topic"] == recon.topic
 
 
 def test_trades_missing_in_postgres_are_found_and_restored_once(recon):
