@@ -49,8 +49,8 @@ stop: ## stop the functions in the background: all, or FN="..." as for start; wi
 	@$(PY) -m ops.functions_ctl stop $(FN)
 	@if [ -z "$(FN)" ]; then $(PY) -m ops.dag_schedule off; fi
 
-test: up ## set up, start the stack and run every test against it
-	@$(PY) -m pytest $(PYTEST_ARGS)
+test: up ## set up, start the stack and run every test against it (and list the ten slowest)
+	@$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
 
 bench: up ## measure throughput and latency against bare baselines; writes bench-results.json
 	@$(PY) -m bench 2>>logs/bench.log

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+from chaos import malformed
 from cryptopipe.settings import ROOT
 
 KINDS = {"kill source", "kill redis-sink", "kill alert-notifier", "kill-service kafka", "kill-service connect",
@@ -22,16 +23,13 @@ def stop_functions() -> None:
 
 def test_the_pipeline_heals_itself_under_chaos(stack):
     results_file = ROOT / "chaos-results.json"
+    results_file.unlink(missing_ok=True)
+    # Run once: the lag probe's librdkafka crash while Kafka restarted (#5040) is gone with the AdminClient's
+    # group-offset call, and a harness that dies is a bug to find, not a run to repeat.
     try:
-        for _attempt in range(2):
-            results_file.unlink(missing_ok=True)
-            stop_functions()
-            run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=1800)
-            # Once more only when the harness itself died before writing any result (librdkafka has segfaulted
-            # in its lag probe while Kafka restarted); a run that wrote results is judged as it is.
-            if results_file.exists():
-                break
+        stop_functions()
+        run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=1800)
     finally:
         stop_functions()
     assert results_file.exists(), f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}"
@@ -42,7 +40,10 @@ def test_the_pipeline_heals_itself_under_chaos(stack):
     assert results["records_lost"] == 0 and results["duplicates"] == 0, tail
     assert results["candles_wrong"] == 0 and results["candles_expected"] > 10 * len(results["symbols"]), tail
     assert results["redis_prices_wrong"] == 0, tail
-    assert results["malformed_sent"] >= 20 and results["dlq_missing"] == 0 and results["dlq_unexpected"] == 0, tail
+    # Two bursts of every class, the nested, oversize and future ones included, each in both consumers' DLQs.
+    per_burst = len(malformed.records("X")) + len(malformed.timestamped("X"))
+    assert results["malformed_sent"] == 2 * per_burst, tail
+    assert results["dlq_missing"] == 0 and results["dlq_unexpected"] == 0, tail
     assert results["alerts_delivered"] > 0 and results["alerts_delivered_twice"] == 0, tail
     assert results["faults_not_recovered"] == 0 and results["recovery_s_max"] is not None, tail
     assert run.returncode == 0 and results["ok"], tail
