@@ -8,7 +8,7 @@ import threading
 import requests
 from confluent_kafka import Producer
 
-from chaos.malformed import records, trade
+from chaos.malformed import records, timestamped, trade
 from cryptopipe import schemas
 from ops import flink_deploy
 
@@ -25,24 +25,32 @@ EDGES = [
     ("exponent", trade("BTCUSDT", price="1E-8")), ("tiny_exponent", trade("BTCUSDT", price="1e-999999999")),
     ("string_price", trade("BTCUSDT", price='"1.0"')), ("ids_backwards", trade("BTCUSDT").replace(
         b'"first_trade_id":1,"last_trade_id":1', b'"first_trade_id":2,"last_trade_id":1')),
+    ("bom", b"\xef\xbb\xbf" + trade("BTCUSDT")), ("utf16", trade("BTCUSDT").decode().encode("utf-16-le")),
+    ("overlong_utf8", trade("BTCUSDT")[:-1] + b',"x":"\xc0\xaf"}'),
+    ("nan_extra", trade("BTCUSDT")[:-1] + b',"x":[NaN]}'),
+    ("int_4301_digits_extra", trade("BTCUSDT")[:-1] + b',"x":' + b"9" * 4301 + b"}"),
+    ("depth_101", b'{"x":' + b"[" * 100 + b"]" * 100 + b"}"),
+    ("depth_100", trade("BTCUSDT", agg_id=43)[:-1] + b',"x":' + b"[" * 99 + b"]" * 99 + b"}"),
+    ("lone_surrogate_name", trade("BTCUSDT", agg_id=44)[:-1] + b',"\\ud800":1}'),
     ("good", trade("BTCUSDT", agg_id=42)),
 ]
+PAST = 1_700_000_000_000
 
 
 def test_the_java_check_refuses_exactly_what_the_python_contract_refuses(settings, stack, unique, tmp_path):
     topic, valid, dlq_prefix = f"test.contract-{unique}", f"test.contract-valid-{unique}", f"test.{unique}.dlq."
     create_topics(settings, topic, valid, f"test.unused-{unique}", dlq_prefix + "stream", partitions=1)
     try:
-        sent = [(name, key, value) for name, key, value in records("BTCUSDT")] + [
-            (name, b"BTCUSDT", value) for name, value in EDGES]
+        sent = [(name, key, value, PAST) for name, key, value in records("BTCUSDT")] + [
+            (name, b"BTCUSDT", value, PAST) for name, value in EDGES] + timestamped("BTCUSDT")
         producer = Producer(settings.kafka_config())
-        for _, key, value in sent:
-            producer.produce(topic, key=key, value=value, timestamp=1_700_000_000_000)
+        for _, key, value, timestamp in sent:
+            producer.produce(topic, key=key, value=value, timestamp=timestamp)
         assert producer.flush(10) == 0
         refused = set()
-        for offset, (name, key, value) in enumerate(sent):
+        for offset, (name, key, value, timestamp) in enumerate(sent):
             try:
-                schemas.check_trade(key, value)
+                schemas.check_trade(key, value, settings.max_clock_skew_ms, timestamp)
             except schemas.Invalid:
                 refused.add(offset)
         assert 0 < len(refused) < len(sent)
@@ -58,10 +66,10 @@ def test_the_java_check_refuses_exactly_what_the_python_contract_refuses(setting
             flink_deploy.cancel(job)
         dead = read_topic(settings, dlq_prefix + "stream")
         got = {int(dict(m.headers())["error.offset"]) for m in dead}
-        names = {i: name for i, (name, _, _) in enumerate(sent)}
+        names = {i: name for i, (name, *_) in enumerate(sent)}
         assert {names[i] for i in got} == {names[i] for i in refused}
         assert sorted(m.value() for m in read_topic(settings, valid)) == sorted(
-            value for i, (_, _, value) in enumerate(sent) if i not in refused)
+            value for i, (_, _, value, _) in enumerate(sent) if i not in refused)
     finally:
         delete_topics(settings, topic, valid, dlq_prefix + "stream", f"test.unused-{unique}")
 
