@@ -143,7 +143,9 @@ def _no_constant(name: str):
 
 
 _DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constant)
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# A string runs to its closing quote, or (unterminated) to the end of the value: every match succeeds, so the scan
+# stays linear however the quotes and backslashes are laid out.
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -169,6 +171,8 @@ def decode(value: bytes | None) -> dict:
         raise Invalid("value is not UTF-8") from None
     except ValueError as err:  # a JSON error, or an integer of more than MAX_INT_DIGITS digits
         raise Invalid(f"not JSON: {str(err):.200}") from None
+    except ArithmeticError:  # a number beyond Decimal's exponents (1e1000000000000000000)
+        raise Invalid("not JSON: a number beyond Decimal's exponents") from None
     except RecursionError:  # not reached below MAX_DEPTH; kept so that no input can escape as another error
         raise Invalid(f"not JSON: nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(record, dict):

@@ -11,13 +11,13 @@ CREATE TABLE aggtrades_raw (
     `k` BYTES,
     `v` BYTES,
     `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
-    `ts` AS CASE WHEN `kafka_ts` > CURRENT_TIMESTAMP + INTERVAL '{{ max_clock_skew_s + 1 }}' SECOND
+    `ts` AS CASE WHEN `kafka_ts` > CURRENT_TIMESTAMP + {{ interval(max_clock_skew_s + 1) }}
                  THEN TO_TIMESTAMP_LTZ(0, 3) ELSE `kafka_ts` END,
     `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
     `src_partition` INT METADATA FROM 'partition' VIRTUAL,
     `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
     `proc_time` AS PROCTIME(),
-    WATERMARK FOR `ts` AS `ts` - INTERVAL '{{ grace_s }}' SECOND
+    WATERMARK FOR `ts` AS `ts` - {{ interval(grace_s) }}
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{{ aggtrades_topic }}',

@@ -53,6 +53,12 @@ class FlinkError(RuntimeError):
     """A statement the gateway refused, or a cluster that does not answer; str() says which and why."""
 
 
+def interval(seconds: int) -> str:
+    """A Flink SQL interval literal of whole seconds: `INTERVAL '100' SECOND` exceeds SECOND's default precision of
+    2 digits, and the planner refuses a larger one (DAY_INTERVAL_TYPES precision), so minutes and seconds."""
+    return f"INTERVAL '{seconds // 60}:{seconds % 60:02d}' MINUTE TO SECOND"
+
+
 def values(settings: Settings) -> dict:
     names = {
         "job_name": settings.flink_job_name, "aggtrades_topic": settings.aggtrades_topic,
@@ -70,6 +76,7 @@ def values(settings: Settings) -> dict:
         "kafka_password": login["sasl.password"],
         "grace_s": int(settings.stream_grace_s),
         "max_clock_skew_s": int(settings.max_clock_skew_s),
+        "interval": interval,
         "idle_timeout_s": int(settings.flink_idle_timeout_s),
         "parallelism": int(settings.flink_parallelism),
         "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,

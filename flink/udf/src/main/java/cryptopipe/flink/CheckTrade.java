@@ -285,8 +285,8 @@ public class CheckTrade extends TableFunction<Row> {
     }
 
     /**
-     * How deep brackets nest outside strings, exactly as schemas.depth counts them (strings are what its regex
-     * "(?:[^"\\]|\\.)*" matches, `.` not matching a newline), in one pass where the regex may take quadratic time.
+     * How deep brackets nest outside strings, exactly as schemas.depth counts them: a string runs from a quote to the
+     * next unescaped quote (a backslash escapes any byte), or to the end of the value when none comes.
      */
     static int depth(byte[] v) {
         int deepest = 0;
@@ -297,27 +297,9 @@ public class CheckTrade extends TableFunction<Row> {
             if (b == '"') {
                 int j = i + 1;
                 while (j < v.length && v[j] != '"') {
-                    if (v[j] == '\\') {
-                        if (j + 1 >= v.length || v[j + 1] == '\n') {
-                            break;
-                        }
-                        j++;
-                    }
-                    j++;
+                    j += v[j] == '\\' ? 2 : 1;
                 }
-                if (j < v.length && v[j] == '"') {
-                    i = j + 1; // a string: removed
-                    continue;
-                }
-                // No string starts here, nor at any quote up to j (each would end where this one did): count it all.
-                for (int k = i + 1; k < j; k++) {
-                    if (v[k] == '[' || v[k] == '{') {
-                        deepest = Math.max(deepest, ++level);
-                    } else if (v[k] == ']' || v[k] == '}') {
-                        level--;
-                    }
-                }
-                i = j;
+                i = j + 1;
                 continue;
             }
             if (b == '[' || b == '{') {
