@@ -288,12 +288,16 @@ def test_a_kafka_timestamp_from_the_future_moves_no_event_time(settings, stack, 
     producer = Producer({**settings.kafka_config(), "partitioner": "murmur2_random", "linger.ms": 20})
     [(_, key, future, timestamp)] = malformed.timestamped("XRPETH")
     producer.produce(pipeline.trades, key=key, value=future, timestamp=timestamp)
+    assert producer.flush(30) == 0
+    pipeline.start()
+    # The job has read it (its dead letter is out) and emitted watermarks since; only then come the trades.
+    wait_for(lambda: read_topic(settings, pipeline.dlq, 2), 60, "the future record's dead letter", 0.5)
+    time.sleep(2)
     for t in trades:
         _, ts, value = trade_value("XRPETH", t)
         producer.produce(pipeline.trades, key=b"XRPETH", value=value, timestamp=ts)
         producer.poll(0)
     assert producer.flush(30) == 0
-    pipeline.start()
     pipeline.wait_done(len(trades))
     pipeline.stop()
     [dead] = read_topic(settings, pipeline.dlq)  # the future record, and not one late copy
