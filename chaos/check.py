@@ -17,6 +17,7 @@ CONVERGE_S = 180.0
 # Consumers of binance.aggtrades that must dead-letter every malformed record.
 CONSUMER_DLQS = ("stream", "redis-sink")
 CANDLE_KEYS = ("open", "high", "low", "close", "volume", "quote_volume", "trade_count", "vwap")
+STATS_KEYS = ("open", "high", "low", "close", "volume", "trade_count", "range_pct", "volatility_pct")
 
 
 def consumer(settings: Settings) -> Consumer:
@@ -105,6 +106,10 @@ def invariants(settings: Settings, trades: dict[str, list[dict]], sent: list[dic
     conn.autocommit = True
     r = redis.Redis.from_url(settings.redis_url("reader"), decode_responses=True)
     expected_candles = {s: tape.candles(trades[s]) for s in symbols}
+    expected_stats = {s: tape.stats(trades[s]) for s in symbols}
+    # The windows the end of the tape surely closed (the watermark trails the newest trade by the grace period).
+    closed_by = max(t["T"] for s in symbols for t in trades[s]) - settings.stream_grace_s * 1000 - 60_000
+    must_close = {(s, ws) for s in symbols for ws in expected_stats[s] if ws + 5 * 60_000 <= closed_by}
 
     def db_state():
         with conn.cursor() as cur:
@@ -113,10 +118,13 @@ def invariants(settings: Settings, trades: dict[str, list[dict]], sent: list[dic
             cur.execute(f"SELECT symbol, (extract(epoch FROM window_start) * 1000)::bigint, {', '.join(CANDLE_KEYS)} "
                         "FROM candles_1m WHERE symbol = ANY(%s)", (symbols,))
             candle_rows = cur.fetchall()
-        return rows, candle_rows
+            cur.execute(f"SELECT symbol, (extract(epoch FROM window_start) * 1000)::bigint, {', '.join(STATS_KEYS)} "
+                        "FROM stats_5m WHERE symbol = ANY(%s)", (symbols,))
+            stats_rows = cur.fetchall()
+        return rows, candle_rows, stats_rows
 
     def diff():
-        rows, candle_rows = db_state()
+        rows, candle_rows, stats_rows = db_state()
         have = {(s, a): (p, q) for s, a, p, q in rows}
         lost_db = sum((s, t["a"]) not in have or have[(s, t["a"])] != (Decimal(t["p"]), Decimal(t["q"]))
                       for s in symbols for t in trades[s])
@@ -127,13 +135,18 @@ def invariants(settings: Settings, trades: dict[str, list[dict]], sent: list[dic
                     if expected_candles[s].get(ws) != got.get(s, {}).get(ws))
         prices = sum(r.hget(f"price:{s}", "agg_id") != str(trades[s][-1]["a"])
                      or Decimal(r.hget(f"price:{s}", "price") or "0") != Decimal(trades[s][-1]["p"]) for s in symbols)
-        return lost_db, wrong, prices
+        # Every statistic written must be exact (a trade judged late would be missing from it); every window the
+        # tape closed must be there.
+        stats = {(s, ws): dict(zip(STATS_KEYS, values)) for s, ws, *values in stats_rows}
+        stats_wrong = sum(1 for (s, ws), got in stats.items() if expected_stats[s].get(ws) != got)
+        stats_missing = len(must_close - stats.keys())
+        return lost_db, wrong, prices, stats_wrong, stats_missing
 
     deadline = time.monotonic() + CONVERGE_S
-    lost_db, wrong, prices = diff()
-    while (lost_db or wrong or prices) and time.monotonic() < deadline:
+    lost_db, wrong, prices, stats_wrong, stats_missing = diff()
+    while (lost_db or wrong or prices or stats_wrong or stats_missing) and time.monotonic() < deadline:
         time.sleep(2)
-        lost_db, wrong, prices = diff()
+        lost_db, wrong, prices, stats_wrong, stats_missing = diff()
     conn.close()
 
     in_kafka = kafka_trades(settings, set(symbols))
@@ -157,9 +170,11 @@ def invariants(settings: Settings, trades: dict[str, list[dict]], sent: list[dic
     twice = sum(1 for n in alert_counts.values() if n > 1)
     result = {"records_lost": max(lost_db, lost_kafka), "records_lost_kafka": lost_kafka, "records_lost_db": lost_db,
               "duplicates": duplicates, "candles_wrong": wrong, "candles_expected": sum(map(len, expected_candles.values())),
-              "redis_prices_wrong": prices, "malformed_sent": len(sent), "dlq_missing": dlq_missing,
+              "redis_prices_wrong": prices, "stats_wrong": stats_wrong, "stats_missing": stats_missing,
+              "stats_expected": len(must_close), "malformed_sent": len(sent), "dlq_missing": dlq_missing,
               "dlq_unexpected": dlq_unexpected, "dlq_repeats": dlq_repeats, "alerts_delivered": len(alert_counts),
               "alerts_delivered_twice": twice}
     result["ok"] = not any(result[k] for k in ("records_lost", "duplicates", "candles_wrong", "redis_prices_wrong",
-                                               "dlq_missing", "dlq_unexpected", "alerts_delivered_twice"))
+                                               "stats_wrong", "stats_missing", "dlq_missing", "dlq_unexpected",
+                                               "alerts_delivered_twice"))
     return result

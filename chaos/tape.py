@@ -52,3 +52,23 @@ def candles(trades: list[dict]) -> dict[int, dict]:
                       "volume": volume, "quote_volume": quote, "trade_count": len(ts),
                       "vwap": (quote / volume).quantize(Decimal("1e-8"))}
     return out
+
+
+def stats(trades: list[dict]) -> dict[int, dict]:
+    """5-minute statistics advancing by a minute, the plain way: every window that holds a trade, in id order,
+    Decimal arithmetic; range in % of the open, population standard deviation over the mean in %."""
+    minutes: dict[int, list[dict]] = {}
+    for t in sorted(trades, key=lambda t: t["a"]):
+        minutes.setdefault(t["T"] // MINUTE_MS * MINUTE_MS, []).append(t)
+    out = {}
+    for start in {minute - k * MINUTE_MS for minute in minutes for k in range(5)}:
+        ts = [t for m in range(start, start + 5 * MINUTE_MS, MINUTE_MS) for t in minutes.get(m, [])]
+        prices = [Decimal(t["p"]) for t in ts]
+        n = Decimal(len(prices))
+        mean = sum(prices) / n
+        variance = max(Decimal(0), sum(p * p for p in prices) / n - mean * mean)
+        out[start] = {"open": prices[0], "high": max(prices), "low": min(prices), "close": prices[-1],
+                      "volume": sum(Decimal(t["q"]) for t in ts), "trade_count": len(ts),
+                      "range_pct": ((max(prices) - min(prices)) / prices[0] * 100).quantize(Decimal("1e-8")),
+                      "volatility_pct": (variance.sqrt() / mean * 100).quantize(Decimal("1e-8"))}
+    return out

@@ -40,6 +40,9 @@ def test_the_pipeline_heals_itself_under_chaos(stack):
     assert results["records_lost"] == 0 and results["duplicates"] == 0, tail
     assert results["candles_wrong"] == 0 and results["candles_expected"] > 10 * len(results["symbols"]), tail
     assert results["redis_prices_wrong"] == 0, tail
+    # Every 5-minute statistic exact, and each window the tape closed there: no trade was judged late.
+    assert results["stats_wrong"] == 0 and results["stats_missing"] == 0, tail
+    assert results["stats_expected"] > 5 * len(results["symbols"]), tail
     # Two bursts of every class, the nested, oversize and future ones included, each in both consumers' DLQs.
     per_burst = len(malformed.records("X")) + len(malformed.timestamped("X"))
     assert results["malformed_sent"] == 2 * per_burst, tail
