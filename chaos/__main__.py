@@ -9,7 +9,8 @@ as `make up` left them. At random moments it SIGKILLs every function, Kafka and 
 kind twice or more; after each fault it waits until the pipeline is caught up again and times that. Nobody
 restarts anything: only the supervisors do. At the end, against an oracle made from the tape alone: every
 trade exactly once in Kafka and in `trades`, `candles_1m` equal to the tape's candles, each symbol's last
-price in Redis, the dead-letter topics holding exactly the malformed records, no alert delivered twice.
+price in Redis, the 5-minute statistics, the dead-letter topics holding exactly the malformed records, no alert
+delivered twice.
 Prints a table and writes chaos-results.json; exit 0 only when every invariant holds.
 """
 
@@ -158,8 +159,8 @@ def report(results: dict, console: Console) -> None:
     for kind, times in sorted(by_kind.items()):
         table.add_row(kind, str(len(times)), f"{statistics.median(times):.1f} s / {max(times):.1f} s")
     console.print(table)
-    for name in ("records_lost", "duplicates", "candles_wrong", "redis_prices_wrong", "dlq_missing", "dlq_unexpected",
-                 "alerts_delivered_twice", "faults_not_recovered"):
+    for name in ("records_lost", "duplicates", "candles_wrong", "stats_wrong", "stats_missing", "redis_prices_wrong",
+                 "dlq_missing", "dlq_unexpected", "alerts_delivered_twice", "faults_not_recovered"):
         value = results[name]
         console.print(f"  {name:<24} {'[green]' if value == 0 else '[red]'}{value}[/]")
     console.print(f"  recovery after a fault: p50 {results['recovery_s_p50']} s, max {results['recovery_s_max']} s")
