@@ -127,6 +127,8 @@ MAX_INT64 = 2**63 - 1
 MAX_ID_LENGTH = 200
 MINUTE_MS = 60_000
 DEFAULT_MAX_CLOCK_SKEW_S = 120  # settings.max_clock_skew_s
+# Its largest value: below the broker's own bound (log.message.timestamp.after.max.ms, 1 hour).
+MAX_CLOCK_SKEW_LIMIT_S = 1800
 # Deeper JSON is refused before it is parsed: CPython's parser recurses once per level (RecursionError past about
 # a thousand), Jackson stops at its own limit; one explicit bound makes both refuse exactly the same values.
 MAX_DEPTH = 100

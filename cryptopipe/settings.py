@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     # every consumer refuses it (cryptopipe.schemas): the exchange's clock and ours agree within seconds, and a
     # record from further ahead would move the stream job's event time past every real trade after it. Below the
     # broker's own bound (log.message.timestamp.after.max.ms, 1 hour), so any record it takes can be judged.
-    max_clock_skew_s: int = Field(default=schemas.DEFAULT_MAX_CLOCK_SKEW_S, ge=1, le=1800)
+    max_clock_skew_s: int = Field(default=schemas.DEFAULT_MAX_CLOCK_SKEW_S, ge=1, le=schemas.MAX_CLOCK_SKEW_LIMIT_S)
     # Alert rules: price move (high - low, % of open) in a 1-minute window; 1-minute quote volume.
     # Per-symbol overrides as SYMBOL:value,SYMBOL:value.
     alert_move_pct: float = Field(default=1.0, gt=0)

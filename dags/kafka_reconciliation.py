@@ -208,8 +208,9 @@ def max_skew_ms() -> int:
     from cryptopipe import schemas
 
     raw = os.environ.get("CRYPTO_MAX_CLOCK_SKEW_S", str(schemas.DEFAULT_MAX_CLOCK_SKEW_S))
-    if not raw.isdigit() or not 1 <= int(raw) <= 1800:
-        raise AirflowFailException(f"CRYPTO_MAX_CLOCK_SKEW_S={raw!r:.40} is not a whole number of seconds in 1..1800")
+    limit = schemas.MAX_CLOCK_SKEW_LIMIT_S
+    if not raw.isdigit() or not 1 <= int(raw) <= limit:
+        raise AirflowFailException(f"CRYPTO_MAX_CLOCK_SKEW_S={raw!r:.40} is not a whole number of seconds in 1..{limit}")
     return int(raw) * 1000
 
 
