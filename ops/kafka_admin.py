@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
@@ -60,10 +62,20 @@ class LagProbe:
     (librdkafka #5040, `rdk:main segfault at 58`). A never subscribed Consumer does not join its group,
     so it disturbs no member; it never commits."""
 
+    # After a broker restart, a client sometimes stops reconnecting to its bootstrap broker and its metadata
+    # requests fail with "Broker transport failure" for good, while a fresh client is answered at once (seen on
+    # librdkafka 2.16.2 under load, about one restart in three, in test_lag_probe_survives_a_kafka_restart, which
+    # timed out in CI): failing this long, the probe closes its clients and opens new ones.
+    REOPEN_AFTER_S = 20.0
+
     def __init__(self, config: dict[str, str]):
         self.config = dict(config)
+        self.failing_since: float | None = None
+        self.open()
+
+    def open(self) -> None:
         # auto.offset.reset=earliest: a committed offset already deleted by retention must not jump to the end.
-        self.consumer = Consumer({**config, "group.id": "cryptopipe-lag-probe",
+        self.consumer = Consumer({**self.config, "group.id": "cryptopipe-lag-probe",
                                   "isolation.level": "read_committed", "enable.partition.eof": True,
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
         self.readers: dict[str, Consumer] = {}  # group -> the Consumer that reads its committed offsets
@@ -86,6 +98,21 @@ class LagProbe:
         End offset minus committed offset counts transaction markers too (the stream function writes in
         transactions), so a group that has read everything would show a lag of one or two forever: where the
         gap holds no committed record, the lag is 0."""
+        try:
+            lag = self.read_lag(group, topics, from_start)
+        except KafkaException:
+            now = time.monotonic()
+            if self.failing_since is None:
+                self.failing_since = now
+            elif now - self.failing_since > self.REOPEN_AFTER_S:
+                self.close()
+                self.open()
+                self.failing_since = None
+            raise
+        self.failing_since = None
+        return lag
+
+    def read_lag(self, group: str, topics: tuple[str, ...], from_start: bool) -> dict[str, int] | None:
         consumer = self.consumer
         partitions = [TopicPartition(topic, p) for topic in topics
                       for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]

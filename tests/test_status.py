@@ -187,8 +187,11 @@ def test_lag_probe_survives_a_kafka_restart(stack, settings, unique, tmp_path):
         wait_for(lambda: answer in log.read_text(), 60, "the probe's first answer")
         restart_service(stack, "kafka", down_s=10)
         after = len(log.read_text())
-        wait_for(lambda: answer in log.read_text()[after:] or loop.poll() is not None, 120,
-                 "the probe's answer after the restart")
+        try:
+            wait_for(lambda: answer in log.read_text()[after:] or loop.poll() is not None, 120,
+                     "the probe's answer after the restart")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the probe printed since:\n{log.read_text()[after:][-3000:]}") from None
         assert loop.poll() is None, f"the probe exited with {loop.returncode}:\n{log.read_text()[-3000:]}"
     finally:
         if loop.poll() is None:
