@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # (kafka_reconciliation's repairs); the reader is for people and reports. The role names are fixed (db/roles.sql creates them); their passwords are generated secrets.
     PG_ROLES: ClassVar[dict[str, str]] = {"owner": "crypto", "writer": "crypto_writer", "airflow": "crypto_airflow",
                                           "retention": "crypto_retention", "backfill": "crypto_backfill",
-                                          "reader": "crypto_reader"}
+                                          "reader": "crypto_reader", "monitor": "crypto_monitor"}
     pg_host: str = "127.0.0.1"
     pg_port: Port = 5432
     pg_database: str = "crypto"
@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     pg_retention_password: SecretStr
     pg_backfill_password: SecretStr
     pg_reader_password: SecretStr
+    pg_monitor_password: SecretStr  # the PostgreSQL exporter's login: pg_monitor's statistics, no table
     # Empty: find the newest server under /usr/lib/postgresql, else on PATH.
     pg_bindir: str = ""
     # Superuser DSN for creating roles when the database is not the native cluster (docker-compose).
@@ -117,13 +118,15 @@ class Settings(BaseSettings):
     # Redis asks for a user and password (ACLs, ops/redis_acl.py; the default user is off): the Redis sink may write
     # price:*, candle:* and prices:*, the notifier its alert keys, the reader only read; admin is the stack's tools.
     REDIS_USERS: ClassVar[dict[str, str]] = {"admin": "admin", "redis-sink": "redis-sink",
-                                             "alert-notifier": "alert-notifier", "reader": "reader"}
+                                             "alert-notifier": "alert-notifier", "reader": "reader",
+                                             "monitor": "monitor"}
     redis_host: str = "127.0.0.1"
     redis_port: Port = 6379
     redis_admin_password: SecretStr
     redis_sink_password: SecretStr
     redis_notifier_password: SecretStr
     redis_reader_password: SecretStr
+    redis_monitor_password: SecretStr  # the Redis exporter's login: INFO and PING only
 
     # Topics every function reads and writes; other values only to keep test runs apart.
     aggtrades_topic: str = topics.AGGTRADES
@@ -231,6 +234,29 @@ class Settings(BaseSettings):
     # Where crypto_reports writes its HTML reports.
     reports_dir: Path = ROOT / "reports"
 
+    # Monitoring (ops/monitoring.py, monitoring/): Prometheus and Alertmanager behind the people's login
+    # (monitoring_user); the exporters, the pipeline's own (ops/monitor.py) and the functions' metrics behind the
+    # scrapers' login (user `prometheus`, metrics_password). Alertmanager's usual port, 9093, is Kafka's controller.
+    prometheus_port: Port = 9090
+    alertmanager_port: Port = 9095
+    node_exporter_port: Port = 9100
+    postgres_exporter_port: Port = 9187
+    redis_exporter_port: Port = 9121
+    monitor_port: Port = 9108
+    # Each function serves its metrics on its own port while it runs (and Prometheus finds it by a file in
+    # var/monitoring/targets that the function writes at start).
+    source_metrics_port: Port = 9111
+    redis_sink_metrics_port: Port = 9112
+    alert_notifier_metrics_port: Port = 9113
+    monitoring_user: str = Field(default="operator", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    monitoring_password: SecretStr
+    metrics_password: SecretStr
+    # How often Prometheus scrapes and evaluates its rules; an alert fires within its `for:` plus two of these.
+    scrape_interval_s: int = Field(default=10, ge=1, le=300)
+    # Prometheus keeps its samples this long, or until they take this much space, whichever comes first.
+    prometheus_retention_time: str = Field(default="15d", pattern=r"^[1-9][0-9]*(h|d|w|y)$")
+    prometheus_retention_size: str = Field(default="1GB", pattern=r"^[1-9][0-9]*(MB|GB)$")
+
     # Servers that only the docker-compose twin runs: ksqlDB, Kafka UI.
     ksqldb_host: str = "127.0.0.1"
     ksqldb_port: Port = 8088
@@ -257,13 +283,21 @@ class Settings(BaseSettings):
     @field_validator("kafka_admin_password", "kafka_source_password", "kafka_stream_password",
                      "kafka_redis_sink_password", "kafka_alert_notifier_password", "kafka_connect_password",
                      "kafka_airflow_password", "kafka_ksqldb_password", "kafka_kafka_ui_password",
-                     "connect_rest_password")
+                     "connect_rest_password", "monitoring_password", "metrics_password")
     @classmethod
     def _login_quotable(cls, value: SecretStr) -> SecretStr:
         # These land inside JAAS options ("...") and SQL string literals ('...') of generated configs.
         if not re.fullmatch(r"[A-Za-z0-9._~+/=@%!^*()\[\]{},:?#-]{8,200}", value.get_secret_value()):
             raise ValueError("must be 8 to 200 characters without spaces, quotes, backslashes or ';' "
                              "(make setup generates one)")
+        return value
+
+    @field_validator("monitoring_password", "metrics_password")
+    @classmethod
+    def _bcrypt_hashable(cls, value: SecretStr) -> SecretStr:
+        # bcrypt reads 72 bytes at most: a longer password would be checked on its first 72 only.
+        if len(value.get_secret_value()) > 72:
+            raise ValueError("must be at most 72 characters (bcrypt's limit)")
         return value
 
     @field_validator("alert_move_pct_symbols", "alert_quote_volume_symbols")

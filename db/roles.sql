@@ -21,6 +21,9 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'crypto_reader') THEN
         CREATE ROLE crypto_reader;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'crypto_monitor') THEN
+        CREATE ROLE crypto_monitor;
+    END IF;
 END
 $$;
 ALTER ROLE crypto LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %(owner_password)s;
@@ -29,3 +32,6 @@ ALTER ROLE crypto_airflow LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATIO
 ALTER ROLE crypto_retention LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %(retention_password)s;
 ALTER ROLE crypto_backfill LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %(backfill_password)s;
 ALTER ROLE crypto_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %(reader_password)s;
+ALTER ROLE crypto_monitor LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %(monitor_password)s;
+-- The PostgreSQL exporter's: the statistics views (pg_stat_*, pg_database_size), never a table's rows.
+GRANT pg_monitor TO crypto_monitor;

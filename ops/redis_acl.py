@@ -34,6 +34,8 @@ def rules(s: Settings) -> dict[str, str]:
         # make status, make demo, the chaos check, price subscribers: read keys and the price channel. The
         # -@dangerous in CONNECTION, last, also takes KEYS (it blocks the server) out of @read.
         "reader": f"%R~* &prices:* +@read +subscribe +psubscribe +unsubscribe +punsubscribe {CONNECTION}",
+        # The Redis exporter: INFO, PING and its connection only; no key, no channel, no CONFIG.
+        "monitor": "resetkeys resetchannels -@all +auth +hello +ping +info +client|setname +select",
     }
 
 

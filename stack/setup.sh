@@ -18,6 +18,13 @@ command -v mvn >/dev/null || missing+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql-15)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v runuser >/dev/null || missing+=(util-linux)
+# Monitoring: Prometheus (promtool and the console templates with it), Alertmanager and the exporters; the
+# stack runs them itself (ops/monitoring.py), so their packaged services stay off (policy-rc.d below).
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
+command -v prometheus-postgres-exporter >/dev/null || missing+=(prometheus-postgres-exporter)
+command -v prometheus-redis-exporter >/dev/null || missing+=(prometheus-redis-exporter)
 # Headless Chromium takes the Airflow UI screenshot in the tests.
 command -v chromium >/dev/null || missing+=(chromium)
 "$PYTHON" -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/dev/null || missing+=(python3 python3-venv)

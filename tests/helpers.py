@@ -30,12 +30,13 @@ XRP_TAPE = {"XRPETH": "xrpeth_aggtrades_20191011-13.json"}
 # The secrets a Settings needs, for tests that build one without .env.
 # Every secret Settings requires, for Settings(_env_file=None, **SECRETS) in unit tests.
 SECRETS = {"pg_owner_password": "o", "pg_writer_password": "w", "pg_airflow_password": "f",
-           "pg_retention_password": "t", "pg_backfill_password": "b", "pg_reader_password": "r", "airflow_admin_password": "a",
+           "pg_retention_password": "t", "pg_backfill_password": "b", "pg_reader_password": "r", "pg_monitor_password": "m",
+           "airflow_admin_password": "a", "monitoring_password": "monitoring-pw", "metrics_password": "metrics-pw",
            "airflow_db_password": "d", "airflow_jwt_secret": "j", "connect_rest_password": "connect-rest-pw",
            "replay_token": "x", **{f"kafka_{u.replace('-', '_')}_password": f"kafka-{u}-pw"
                                    for u in ("admin", "source", "stream", "redis-sink", "alert-notifier",
                                              "connect", "airflow", "ksqldb", "kafka-ui")},
-           **{f"redis_{u}_password": "r" + u for u in ("admin", "sink", "notifier", "reader")}}
+           **{f"redis_{u}_password": "r" + u for u in ("admin", "sink", "notifier", "reader", "monitor")}}
 
 # The token of the replay servers tests start in a thread, and the header their fault endpoint needs.
 REPLAY_TOKEN = "test-replay-token"

@@ -37,9 +37,10 @@ def test_the_acl_file_is_private_holds_hashes_only_and_is_rewritten(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
     assert text.splitlines()[0].startswith("user default off ")
-    for field in ("redis_admin_password", "redis_sink_password", "redis_notifier_password", "redis_reader_password"):
+    for field in ("redis_admin_password", "redis_sink_password", "redis_notifier_password", "redis_reader_password",
+                  "redis_monitor_password"):
         assert f" {SECRETS[field]} " not in text and f">{SECRETS[field]}" not in text
-    assert text.count(" #") == 4 and "stale" not in text
+    assert text.count(" #") == len(Settings.REDIS_USERS) == 5 and "stale" not in text
     redis_acl.write_acl_file(Settings(_env_file=None, **SECRETS | {"redis_admin_password": "rotated"}), path)
     assert path.read_text() != text  # a new password is in the next start's file
     assert [p.name for p in path.parent.iterdir()] == ["redis.acl"]  # no temporary file left
@@ -179,3 +180,18 @@ def test_the_reader_reads_and_subscribes_but_writes_nothing(settings, admin, sym
         with pytest.raises(redis.exceptions.NoPermissionError):
             write()
     assert admin.hget(f"price:{symbol}", "price") == b"2" and not admin.exists("other")
+
+
+def test_the_monitor_user_sees_info_and_nothing_else(settings, admin, symbol):
+    """The Redis exporter's login: INFO's numbers, no key, no channel, no configuration."""
+    admin.hset(f"price:{symbol}", mapping={"price": "2"})
+    monitor = client(settings, "monitor", decode_responses=True)
+    assert monitor.ping() is True
+    assert "connected_clients" in monitor.info()
+    for refused in (lambda: monitor.hgetall(f"price:{symbol}"), lambda: monitor.get("other"),
+                    lambda: monitor.set("other", "1"), lambda: monitor.keys("*"), lambda: monitor.dbsize(),
+                    lambda: monitor.scan(0), lambda: monitor.config_get("*"), lambda: monitor.publish("prices:x", "x"),
+                    lambda: monitor.execute_command("CLIENT", "LIST"), lambda: monitor.execute_command("ACL", "LIST"),
+                    lambda: monitor.flushall()):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            refused()
