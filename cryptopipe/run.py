@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Callable, Protocol
 
 from cryptopipe.logs import setup_logging
+from cryptopipe.metrics import start_function_metrics
 from cryptopipe.settings import Settings, load_settings
 
 
@@ -46,11 +47,21 @@ class Counters:
         self.describe = describe or (lambda status: f"counters: {status['counters']}")
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
+        self.levels: dict[str, float] = {}
         self.last_report = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
+
+    def set(self, name: str, value: float) -> None:
+        """A level rather than a count (symbols followed, say): a gauge in the function's metrics."""
+        with self.lock:
+            self.levels[name] = value
+
+    def gauges(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.levels)
 
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
@@ -74,11 +85,18 @@ class Counters:
         return status
 
 
-def serve(build: Callable[[Settings], Function]) -> int:
+def serve(build: Callable[[Settings], Function], metrics: bool = False) -> int:
+    """Runs one function process; with `metrics`, it serves its counters to Prometheus while it runs (the
+    pipeline's functions; the stack's own helpers are read by ops.monitor instead)."""
     settings = load_settings()
     setup_logging(settings)
     function = build(settings)
     signal.signal(signal.SIGTERM, function.stop)
     signal.signal(signal.SIGINT, function.stop)
-    function.run()
+    served = start_function_metrics(settings, function.counters) if metrics else None
+    try:
+        function.run()
+    finally:
+        if served is not None:
+            served.close()
     return 0

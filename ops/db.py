@@ -69,6 +69,17 @@ def init(settings: Settings | None = None) -> None:
     conn.close()
 
 
+def newest_per_symbol(settings: Settings, limit: int = 20) -> list[tuple[str, float, float | None]]:
+    """(symbol, newest trade, newest candle or None) in epoch seconds, the `limit` freshest symbols first; read as
+    the reporting role."""
+    with psycopg2.connect(**settings.pg_params("reader")) as conn, conn.cursor() as cur:
+        cur.execute(read_sql("freshness.sql"), {"limit": limit})
+        rows = [(symbol, float(trade), float(candle) if candle is not None else None)
+                for symbol, trade, candle in cur.fetchall()]
+    conn.close()
+    return rows
+
+
 def table_counts(settings: Settings, tables: tuple[str, ...] = TABLES) -> dict[str, int]:
     """Row counts of the pipeline's tables, read as the reporting role."""
     counts: dict[str, int] = {}

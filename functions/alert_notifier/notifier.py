@@ -241,7 +241,7 @@ class AlertNotifier:
 
 
 def main() -> int:
-    return serve(AlertNotifier)
+    return serve(AlertNotifier, metrics=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def build(settings: Settings) -> BinanceSource:
 
 
 def main() -> int:
-    return serve(build)
+    return serve(build, metrics=True)
 
 
 if __name__ == "__main__":

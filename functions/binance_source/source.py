@@ -52,6 +52,9 @@ class BinanceSource:
         self.s = settings
         self.stopping = False
         self.counters = Counters(settings, "source", log, settings.source_status_interval_s, report_line)
+        # Present from the start, so "symbols followed, nothing produced" is a series Prometheus can see.
+        self.counters.set("symbols", len(settings.symbols))
+        self.counters.count("trades_produced", 0)
         self.gate = WeightGate(settings.binance_weight_limit, settings.binance_weight_share,
                                settings.binance_weight_window_s)
         self.client = BinanceClient(settings.binance_base_url, self.gate, settings.binance_connect_timeout_s,

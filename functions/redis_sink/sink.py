@@ -151,7 +151,7 @@ class RedisSink:
 
 
 def main() -> int:
-    return serve(RedisSink)
+    return serve(RedisSink, metrics=True)
 
 
 if __name__ == "__main__":
