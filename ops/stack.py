@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from cryptopipe import topics
 from cryptopipe.settings import Settings, load_settings
-from ops import airflow, db, flink, kafka_security
+from ops import airflow, db, flink, kafka_security, monitoring
 from ops.connect_watchdog import ConnectWatchdog
 from ops.flink_deploy import FlinkJobKeeper
 from ops.kafka_admin import ensure_topics
@@ -33,7 +33,7 @@ class NativeStack:
         self.s = settings
         self.services: list[Service] = [Postgres(settings), Redis(settings), Kafka(settings), Connect(settings),
                                         ConnectWatchdog(settings), *flink.services(settings), FlinkJobKeeper(settings),
-                                        *airflow.services(settings)]
+                                        *airflow.services(settings), *monitoring.services(settings)]
 
     def service(self, name: str) -> Service:
         return next(svc for svc in self.services if svc.name == name)

@@ -10,7 +10,6 @@ import sys
 import time
 from collections import Counter
 
-import psycopg2
 import redis
 import requests
 from confluent_kafka import Consumer, TopicPartition
@@ -24,8 +23,9 @@ from ops import flink_deploy, functions_ctl, supervise
 from ops.airflow import AirflowClient
 from ops.dag_schedule import lateness
 from ops.connectors import all_statuses, load_configs
-from ops.db import table_counts
+from ops.db import newest_per_symbol, table_counts
 from ops.kafka_admin import LagProbe
+from ops.monitoring import people_login
 from ops.process import StackError, tree_rss_mb
 from ops.stack import NativeStack
 
@@ -155,16 +155,7 @@ def freshness_table(stack: NativeStack) -> Table:
         seconds = now - epoch_s
         return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h"
 
-    conn = psycopg2.connect(**stack.s.pg_params("reader"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute("""SELECT t.symbol, extract(epoch FROM t.last_trade), extract(epoch FROM c.last_candle)
-                           FROM (SELECT symbol, max(trade_time) AS last_trade FROM trades GROUP BY symbol) t
-                           LEFT JOIN (SELECT symbol, max(window_start) AS last_candle FROM candles_1m GROUP BY symbol) c
-                           USING (symbol) ORDER BY t.last_trade DESC LIMIT 20""")
-            rows = cur.fetchall()
-    finally:
-        conn.close()
+    rows = newest_per_symbol(stack.s)
     client = redis.Redis.from_url(stack.s.redis_url("reader"), socket_timeout=2, decode_responses=True)
     table = Table(title="Data freshness (age of the newest, event time; the 20 freshest symbols)", title_justify="left")
     for col in ("symbol", "trade in PostgreSQL", "candle in PostgreSQL", "price in Redis", "Redis stale"):
@@ -172,7 +163,7 @@ def freshness_table(stack: NativeStack) -> Table:
     for symbol, last_trade, last_candle in rows:
         price = client.hgetall(f"price:{symbol}")
         redis_t = int(price["trade_time"]) / 1000 if price.get("trade_time") else None
-        table.add_row(symbol, age(float(last_trade)), age(float(last_candle) if last_candle is not None else None),
+        table.add_row(symbol, age(last_trade), age(last_candle),
                       age(redis_t), {"1": "[yellow]yes[/yellow]", "0": "no"}.get(price.get("stale", ""), "-"))
     return table
 
@@ -289,6 +280,32 @@ def airflow_table(stack: NativeStack) -> Table:
     return table
 
 
+def alerts_table(stack: NativeStack) -> Table:
+    """The alerts Alertmanager holds firing now, as it pages them: silenced and inhibited ones counted apart."""
+    resp = requests.get(f"http://127.0.0.1:{stack.s.alertmanager_port}/api/v2/alerts", params={"active": "true"},
+                        auth=people_login(stack.s), timeout=5)
+    resp.raise_for_status()
+    alerts = resp.json()
+    paging = [a for a in alerts if a["status"]["state"] == "active"]
+    table = Table(title=f"Alerts firing ({len(paging)}; Prometheus on 127.0.0.1:{stack.s.prometheus_port}, "
+                        "logs/alerts.log)", title_justify="left")
+    for col in ("alert", "severity", "where", "since", "summary"):
+        table.add_column(col)
+    colour = {"critical": "red", "warning": "yellow"}
+    for a in sorted(paging, key=lambda a: (a["labels"].get("severity") != "critical", a["startsAt"])):
+        labels = dict(a["labels"])
+        name, severity = labels.pop("alertname", "?"), labels.pop("severity", "?")
+        where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        table.add_row(name, f"[{colour.get(severity, 'white')}]{severity}[/]", where, a["startsAt"][:19] + "Z",
+                      a["annotations"].get("summary", ""))
+    if not paging:
+        table.add_row("[green]none[/green]", "", "", "", "")
+    held = len(alerts) - len(paging)
+    if held:
+        table.caption = f"and {held} silenced or inhibited (their cause pages instead)"
+    return table
+
+
 def print_status(stack: NativeStack) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)  # piped, the tables still get room
     services, up = service_table(stack)
@@ -304,6 +321,7 @@ def print_status(stack: NativeStack) -> int:
         ("postgres", lambda: [freshness_table(stack)]),
         ("airflow-api", lambda: [airflow_table(stack)]),
         ("kafka", lambda: [t for t in [source_table(stack)] if t is not None]),
+        ("alertmanager", lambda: [alerts_table(stack)]),
     ]
     for name, build in sections:
         if name not in up:

@@ -1,0 +1,315 @@
+"""The pipeline's own exporter, service `monitor` of the native stack: what `make status` shows, as metrics.
+
+    python -m ops.monitor
+
+Every SCRAPE_INTERVAL_S it reads each part on its own (one that does not answer leaves the others be, and
+shows as cryptopipe_monitor_read_ok{part} 0): services' readiness and their supervisors' restarts; consumer
+lag of every group (LagProbe: the group's own Consumer, never an AdminClient offset fetch); dead-letter topics'
+depth, and the new dead letters by kind; connector states and the watchdog's restarts; the Flink job; freshness
+per symbol. GET /metrics serves the last reading, behind the scrapers' login.
+
+It is also Alertmanager's receiver: POST /alerts (same login) writes each notification as a line of
+logs/alerts.log, so alerts are on disk even where no ALERT_WEBHOOK_URL is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from logging.handlers import RotatingFileHandler
+
+import redis
+import requests
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cryptopipe import topics
+from cryptopipe.logs import setup_logging
+from cryptopipe.metrics import serve
+from cryptopipe.run import read_status
+from cryptopipe.settings import Settings, load_settings
+from ops import flink_deploy
+from ops.connectors import all_statuses, is_running
+from ops.db import newest_per_symbol
+from ops.kafka_admin import LagProbe
+from ops.stack import NativeStack
+from ops.status import consumer_groups
+
+log = logging.getLogger("monitor")
+MAX_ALERT_BODY = 1_000_000  # Alertmanager's notifications are a few kB; anything far larger is not one
+LATE_REASON = "late trade"  # how flink/02_trades_and_dead_letters.sql starts a late trade's reason
+
+
+class DeadLetterCounter:
+    """Reads the dead-letter topics from their start and on, counting records by topic and kind (late trades apart
+    from rejected records). A Consumer assigned, never subscribed: it joins no group and commits nothing."""
+
+    def __init__(self, settings: Settings):
+        self.topics = [t.name for t in topics.declared(settings) if t.dead_letter]
+        self.consumer = Consumer({**settings.kafka_config(), "group.id": "cryptopipe-monitor",
+                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.counts: dict[tuple[str, str], int] = {(t, k): 0 for t in self.topics for k in ("late", "rejected")}
+        self.assigned = False
+        # Until it has read up to the topics' ends once, its counts are a recount of old dead letters: shown
+        # then, they would look to Prometheus like thousands of new ones at every start of the monitor.
+        self.caught_up = False
+
+    def read(self, budget_s: float = 2.0) -> None:
+        if not self.assigned:
+            meta = self.consumer.list_topics(timeout=5).topics
+            self.consumer.assign([TopicPartition(t, p, 0) for t in self.topics if t in meta
+                                  for p in meta[t].partitions])
+            self.assigned = True
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            batch = self.consumer.consume(5000, timeout=0.2)
+            if not batch:
+                self.caught_up = True
+                return
+            for msg in batch:
+                if msg.error() is not None:
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", msg.topic(), msg.error())
+                    continue
+                reason = dict(msg.headers() or []).get("error.reason") or b""
+                kind = "late" if reason.startswith(LATE_REASON.encode()) else "rejected"
+                self.counts[(msg.topic(), kind)] = self.counts.get((msg.topic(), kind), 0) + 1
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Reading(Collector):
+    """The metric families of the last reading; a scrape only serves them."""
+
+    def __init__(self):
+        self.families: list = []
+
+    def collect(self):
+        return list(self.families)
+
+
+class Monitor:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.stack = NativeStack(settings)
+        self.probe = LagProbe(settings.kafka_config())
+        self.dead_letters = DeadLetterCounter(settings)
+        self.reading = Reading()
+        self.stopping = threading.Event()
+        self.alerts_log = alerts_logger(settings)
+        self.notifications = {"firing": 0, "resolved": 0}
+        self.failing_since: dict[str, float] = {}  # part -> when its readings began to fail
+        self.checkpoint_baseline: dict[str, float] = {}  # Flink job id -> its failed checkpoints once running
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+    # ---- reading ------------------------------------------------------------------------------
+    def read_services(self, out: list) -> None:
+        up = GaugeMetricFamily("cryptopipe_service_up", "1 when the native stack's service answers", labels=["service"])
+        restarts = CounterMetricFamily("cryptopipe_service_restarts", "restarts by the service's supervisor",
+                                       labels=["service"])
+        for svc in self.stack.services:
+            if svc.name == "monitor":
+                continue  # it is answering this
+            up.add_metric([svc.name], 1.0 if svc.is_up() else 0.0)
+            status = svc.supervisor_status()
+            restarts.add_metric([svc.name], float(status.get("restarts", 0)) if status else 0.0)
+        out += [up, restarts]
+
+    def read_lag(self, out: list) -> None:
+        lag = GaugeMetricFamily("cryptopipe_consumer_lag_records", "records not yet committed by the group",
+                                labels=["group", "topic"])
+        for group, (_reader, group_topics) in consumer_groups(self.s).items():
+            for topic, n in sorted((self.probe.lag(group, group_topics) or {}).items()):
+                lag.add_metric([group, topic], float(n))
+        out.append(lag)
+
+    def read_dead_letters(self, out: list) -> None:
+        depth = GaugeMetricFamily("cryptopipe_dlq_records", "records held in the dead-letter topic", labels=["topic"])
+        consumer = self.dead_letters.consumer
+        meta = consumer.list_topics(timeout=5).topics
+        for topic in self.dead_letters.topics:
+            held = 0
+            for p in (meta[topic].partitions if topic in meta else {}):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                held += high - low
+            depth.add_metric([topic], float(held))
+        self.dead_letters.read()
+        read = CounterMetricFamily("cryptopipe_dead_letters", "dead letters read, by kind (late trade or rejected)",
+                                   labels=["topic", "kind"])
+        for (topic, kind), n in sorted(self.dead_letters.counts.items()):
+            read.add_metric([topic, kind], float(n))
+        out += [depth, read] if self.dead_letters.caught_up else [depth]
+
+    def read_connectors(self, out: list) -> None:
+        running = GaugeMetricFamily("cryptopipe_connector_running", "1 when the connector and all its tasks run",
+                                    labels=["connector"])
+        restarts = CounterMetricFamily("cryptopipe_connector_restarts", "restarts by the connect watchdog",
+                                       labels=["connector"])
+        watched = (read_status(self.s, "connect-watchdog") or {}).get("connectors", {})
+        for name, st in sorted(all_statuses(self.s.connect_url, timeout=5).items()):
+            running.add_metric([name], 1.0 if st is not None and is_running(st) else 0.0)
+            restarts.add_metric([name], float(watched.get(name, {}).get("restarts", 0)))
+        out += [running, restarts]
+
+    def read_flink(self, out: list) -> None:
+        job = flink_deploy.running_job(self.s)
+        restarts = failed = 0.0
+        if job is not None:
+            url = f"{self.s.flink_url}/jobs/{job['jid']}"
+            values = requests.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()
+            restarts = float(next((v["value"] for v in values if v["id"] == "numRestarts"), 0))
+            failed = float(requests.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
+            # A job that starts fails to trigger a checkpoint every interval until its tasks run: those count from
+            # when it was first seen with every task running (or when the monitor started), not before.
+            if flink_deploy.all_running(job):
+                self.checkpoint_baseline.setdefault(job["jid"], failed)
+            failed -= self.checkpoint_baseline.get(job["jid"], failed)
+        out += [GaugeMetricFamily("cryptopipe_flink_job_running", "1 when the stream job and all its tasks run",
+                                  value=1.0 if flink_deploy.all_running(job) else 0.0),
+                CounterMetricFamily("cryptopipe_flink_job_restarts", "restarts of the running stream job",
+                                    value=restarts),
+                CounterMetricFamily("cryptopipe_flink_checkpoints_failed",
+                                    "failed checkpoints of the running job since all its tasks ran", value=failed)]
+
+    def read_freshness(self, out: list) -> None:
+        age = GaugeMetricFamily("cryptopipe_freshness_seconds", "age of the newest item per symbol (event time)",
+                                labels=["symbol", "store"])
+        now = time.time()
+        client = redis.Redis.from_url(self.s.redis_url("reader"), socket_timeout=2)
+        for symbol, last_trade, last_candle in newest_per_symbol(self.s):
+            age.add_metric([symbol, "trades"], now - last_trade)
+            if last_candle is not None:
+                age.add_metric([symbol, "candles"], now - last_candle)
+            price_time = client.hget(f"price:{symbol}", "trade_time")
+            if price_time is not None:
+                age.add_metric([symbol, "redis"], now - int(price_time) / 1000)
+        out.append(age)
+
+    def read(self) -> None:
+        families: list = []
+        ok = GaugeMetricFamily("cryptopipe_monitor_read_ok", "1 when the last reading of that part worked",
+                               labels=["part"])
+        took = GaugeMetricFamily("cryptopipe_monitor_read_seconds", "how long the last reading of that part took",
+                                 labels=["part"])
+        parts = {"services": self.read_services, "lag": self.read_lag, "dead_letters": self.read_dead_letters,
+                 "connectors": self.read_connectors, "flink": self.read_flink, "freshness": self.read_freshness}
+        for part, read in parts.items():
+            out: list = []
+            started = time.monotonic()
+            try:
+                read(out)
+            except Exception as err:  # a part down must not blind the monitor to the others
+                log.warning("reading %s failed: %s: %s", part, type(err).__name__, err)
+                ok.add_metric([part], 0.0)
+                took.add_metric([part], time.monotonic() - started)
+                self.failing_since.setdefault(part, time.monotonic())
+                if part == "dead_letters" and time.monotonic() - self.failing_since[part] > LagProbe.REOPEN_AFTER_S:
+                    # The same librdkafka client that LagProbe reopens after a broker restart; the counts start
+                    # again from the topics' start, a counter reset Prometheus' rate() and increase() allow for.
+                    self.dead_letters.close()
+                    self.dead_letters = DeadLetterCounter(self.s)
+                    del self.failing_since[part]
+                continue
+            self.failing_since.pop(part, None)
+            families += out
+            ok.add_metric([part], 1.0)
+            took.add_metric([part], time.monotonic() - started)
+        notes = CounterMetricFamily("cryptopipe_alert_notifications", "Alertmanager's notifications received",
+                                    labels=["status"])
+        for status, n in self.notifications.items():
+            notes.add_metric([status], float(n))
+        self.reading.families = families + [ok, took, notes]
+
+    def run(self) -> None:
+        registry = CollectorRegistry()
+        registry.register(self.reading)
+        metrics = make_wsgi_app(registry)
+        server = serve(self.s, self.s.monitor_port, lambda env, start: (
+            self.receive(env, start) if env.get("PATH_INFO") == "/alerts" else metrics(env, start)))
+        log.info("serving on 127.0.0.1:%d (/metrics, /alerts); reading every %d s", self.s.monitor_port,
+                 self.s.scrape_interval_s)
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                self.read()
+                self.stopping.wait(max(0.0, self.s.scrape_interval_s - (time.monotonic() - started)))
+        finally:
+            server.shutdown()
+            self.probe.close()
+            self.dead_letters.close()
+
+    # ---- Alertmanager's notifications ----------------------------------------------------------
+    def receive(self, environ, start_response):
+        def answer(status: str, text: str):
+            start_response(status, [("Content-Type", "text/plain")])
+            return [text.encode() + b"\n"]
+
+        if environ.get("REQUEST_METHOD") != "POST":
+            return answer("405 Method Not Allowed", "POST Alertmanager's webhook notifications here")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_ALERT_BODY:
+            return answer("413 Content Too Large", f"a notification has 1 to {MAX_ALERT_BODY} bytes")
+        try:
+            body = json.loads(environ["wsgi.input"].read(length))
+            alerts = [alert_line(a) for a in body["alerts"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("refused a notification that is not Alertmanager's: %s", err)
+            return answer("400 Bad Request", "not an Alertmanager webhook notification")
+        for status, line in alerts:
+            self.notifications[status] = self.notifications.get(status, 0) + 1
+            self.alerts_log.info("%s", line)
+        return answer("200 OK", f"{len(alerts)} alerts logged")
+
+
+def alert_line(alert: dict) -> tuple[str, str]:
+    """(status, one line for logs/alerts.log) of one alert of a notification."""
+    status = alert["status"]
+    if status not in ("firing", "resolved"):
+        raise ValueError(f"unknown status {status!r}")
+    labels, notes = dict(alert["labels"]), dict(alert.get("annotations") or {})
+    name, severity = labels.pop("alertname", "?"), labels.pop("severity", "?")
+    where = " ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    since = alert.get("startsAt", "?") if status == "firing" else alert.get("endsAt", "?")
+    line = f"{status.upper()} {severity} {name} [{where}] since {since}: {notes.get('summary', '')}"
+    if status == "firing" and notes.get("runbook"):
+        line += f" | runbook: {notes['runbook']}"
+    return status, " ".join(line.split())[:2000]  # one line, whatever the labels held
+
+
+def alerts_logger(settings: Settings) -> logging.Logger:
+    logger = logging.getLogger("alerts")
+    logger.propagate = False
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(settings.logs_dir / "alerts.log", maxBytes=settings.log_max_bytes,
+                                  backupCount=settings.log_backups)
+    formatter = logging.Formatter("%(asctime)sZ %(message)s")
+    formatter.converter = time.gmtime  # UTC, as Alertmanager's own times are
+    handler.setFormatter(formatter)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def main() -> int:
+    settings = load_settings()
+    setup_logging(settings)
+    monitor = Monitor(settings)
+    signal.signal(signal.SIGTERM, monitor.stop)
+    signal.signal(signal.SIGINT, monitor.stop)
+    monitor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
