@@ -1,6 +1,6 @@
-"""The chaos run, as `make chaos` runs it: faults of every kind, each twice, against the live pipeline, and
-nothing lost, doubled or wrong at the end. The invariants are checked by the run against the tape itself;
-this test holds it to them through the results file it writes. Takes about a quarter of an hour."""
+"""The chaos run, as `make chaos` runs it but shorter: faults of every kind, each once, against the live pipeline,
+and nothing lost, doubled or wrong at the end. The invariants are checked by the run against the tape itself;
+this test holds it to them through the results file it writes. Takes about eight minutes."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def test_the_pipeline_heals_itself_under_chaos(stack):
     # group-offset call, and a harness that dies is a bug to find, not a run to repeat.
     try:
         stop_functions()
-        run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 10"], cwd=ROOT,
+        # Each kind of fault once, over a 6-minute tape: `make chaos` itself injects each twice over 10 minutes,
+        # which alone took 13 of the 40 minutes a CI run may last.
+        run = subprocess.run(["make", "chaos", "ARGS=--seed 20261129 --minutes 6 --repeats 1"], cwd=ROOT,
                              capture_output=True, text=True, timeout=1800)
     finally:
         stop_functions()
@@ -36,16 +38,16 @@ def test_the_pipeline_heals_itself_under_chaos(stack):
     results = json.loads(results_file.read_text())
     tail = run.stdout[-4000:] + (ROOT / "logs" / "chaos.log").read_text()[-3000:]
     assert set(results["faults_injected"]) == KINDS, tail
-    assert all(n >= 2 for n in results["faults_injected"].values()), results["faults_injected"]
+    assert all(n == 1 for n in results["faults_injected"].values()), results["faults_injected"]
     assert results["records_lost"] == 0 and results["duplicates"] == 0, tail
-    assert results["candles_wrong"] == 0 and results["candles_expected"] > 10 * len(results["symbols"]), tail
+    assert results["candles_wrong"] == 0 and results["candles_expected"] >= 5 * len(results["symbols"]), tail
     assert results["redis_prices_wrong"] == 0, tail
     # Every 5-minute statistic exact, and each window the tape closed there: no trade was judged late.
     assert results["stats_wrong"] == 0 and results["stats_missing"] == 0, tail
-    assert results["stats_expected"] > 5 * len(results["symbols"]), tail
-    # Two bursts of every class, the nested, oversize and future ones included, each in both consumers' DLQs.
+    assert results["stats_expected"] >= 2 * len(results["symbols"]), tail
+    # A burst of every class, the nested, oversize and future ones included, each in both consumers' DLQs.
     per_burst = len(malformed.records("X")) + len(malformed.timestamped("X"))
-    assert results["malformed_sent"] == 2 * per_burst, tail
+    assert results["malformed_sent"] == per_burst, tail
     assert results["dlq_missing"] == 0 and results["dlq_unexpected"] == 0, tail
     assert results["alerts_delivered"] > 0 and results["alerts_delivered_twice"] == 0, tail
     assert results["faults_not_recovered"] == 0 and results["recovery_s_max"] is not None, tail
