@@ -31,7 +31,7 @@ dlq: ## dead-letter topics: depth and reasons counted; TOPIC=<dead-letter topic>
 dlq-redrive: ## send TOPIC's dead letters back to their original topic once the cause is fixed, each exactly once [REASON="<reason as make dlq shows it>"]
 	@$(PY) -m ops.dead_letters redrive --topic "$$TOPIC" $${REASON:+--reason "$$REASON"}
 
-psql: ## a psql shell on the crypto database as ROLE (reader by default; owner, writer, airflow, retention, backfill), password from .env
+psql: ## a psql shell on the crypto database as ROLE (reader by default; owner, writer, airflow, retention, backfill, monitor), password from .env
 	@$(PY) -m ops.psql $(ROLE)
 
 demo: up ## the whole pipeline on the bundled real tapes (or TAPE=<dir>), checked end to end

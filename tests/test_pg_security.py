@@ -277,7 +277,7 @@ def test_psql_names_the_roles_for_an_unknown_one_and_the_fix_when_psql_is_missin
     result = subprocess.run([sys.executable, "-m", "ops.psql", "root"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: unknown role 'root': ROLE must be one of owner, writer, airflow, retention, backfill, reader"]
+        "error: unknown role 'root': ROLE must be one of owner, writer, airflow, retention, backfill, reader, monitor"]
     env = {**os.environ, "PG_BINDIR": str(tmp_path), "PATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "ops.psql"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "psql not found: run `make setup`" in result.stderr
