@@ -61,8 +61,9 @@ def grants(settings: Settings) -> list[Grant]:
     def topic(user: str, name: str, *ops: AclOperation) -> None:
         out.extend(Grant(user, TOPIC, name, op) for op in (D, *ops))
 
-    # The source writes trades and its dead letters, and reads its own topic back to resume after the newest trade.
-    topic("source", s.aggtrades_topic, W, R)
+    # The source writes trades and its dead letters, reads its own topic back to resume after the newest trade, and
+    # reads the topic's limits on a record (delivery.topic_limits).
+    topic("source", s.aggtrades_topic, W, R, AclOperation.DESCRIBE_CONFIGS)
     # librdkafka looks up the coordinator of a consumer's group even when it only assigns partitions (resume.py).
     out.append(Grant("source", GROUP, RESUME_GROUP, R))
     topic("source", s.dlq_topic("source"), W)

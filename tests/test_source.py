@@ -168,13 +168,52 @@ def test_a_trade_the_broker_refuses_is_dead_lettered_and_every_other_trade_flows
     time.sleep(2)  # nothing more may come
     assert proc.proc.poll() is None, "the source stopped"
     assert proc.stop() == 0
-    assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+    try:
+        assert_exactly_the_tapes(settings, harness.topic, harness.expected)
+    except AssertionError:
+        print(proc.output())  # what the source logged about the refused batch and its resends
+        raise
     [dead] = read_topic(settings, harness.dlq)
     assert json.loads(dead.value())["agg_id"] == trades[bad]["a"] and dead.key() == b"BTCUSDT"
     reason = dict(dead.headers())["error.reason"].decode()
     assert reason.startswith("refused by Kafka: INVALID_TIMESTAMP") and str(trades[bad]["a"]) in reason, reason
     counters = harness.status()["counters"]
     assert counters["refused_by_kafka"] == 1 and counters["trades_produced"] == len(trades) - 1
+
+
+def test_a_trade_past_the_topics_timestamp_bound_goes_alone_and_nothing_behind_it_overtakes(settings, stack, unique):
+    """One produce call of 300 trades, the 121st three minutes ahead of a topic that takes one minute ahead. After
+    a refused batch librdkafka sends the partition's later batches under a new epoch, ahead of the refused trades'
+    resends; so the source reads the topic's bounds and sends a trade near or past them alone, with nothing queued
+    behind it. Here the topic ends with the 120 trades before it, in order, whatever the timing; the refused trade
+    reaches the dead-letter topic and the fetch position is right after it (the rest is fetched again)."""
+    topic, prefix = f"test.ahead-{unique}", f"test.{unique}.dlq."
+    create_topics(settings, topic, partitions=1)
+    create_topics(settings, prefix + "source", partitions=1)
+    with_topic_config(settings, topic, message_timestamp_after_max_ms="60000")
+    s = settings.model_copy(update={"aggtrades_topic": topic, "dlq_topic_prefix": prefix, "kafka_as_admin": True,
+                                    "max_clock_skew_s": 300})
+    source = BinanceSource(s)
+    try:
+        assert source.delivery.newest(["BTCUSDT"]) == {}  # an empty topic; its limits are read with it
+        assert source.delivery.limits.after_ms == 60_000
+        state = source.states["BTCUSDT"] = SymbolState("BTCUSDT", cursor=0, fetch_from=0)
+        now = int(time.time() * 1000)
+        trades = [t | {"T": now - 30 * 60_000 + i * 1000} for i, t in enumerate(tape(SHORT_TAPES["BTCUSDT"])[:300])]
+        trades[120]["T"] = now + 3 * 60_000
+        source.delivery.produce(state, [trade_value("BTCUSDT", t, s.max_clock_skew_ms) for t in trades])
+        assert source.producer.flush(30) == 0
+        assert state.delivery_failed and [r[0] for r in state.refused] == [trades[120]["a"]]
+        source.delivery.recover(state)
+        assert [json.loads(m.value())["agg_id"] for m in read_topic(settings, topic)] == [t["a"] for t in trades[:120]]
+        [dead] = read_topic(settings, prefix + "source")
+        assert json.loads(dead.value())["agg_id"] == trades[120]["a"]
+        assert dict(dead.headers())["error.reason"].decode().startswith("refused by Kafka: INVALID_TIMESTAMP")
+        assert (state.cursor, state.fetch_from) == (trades[120]["a"] + 1,) * 2
+        assert source.counters["sent_alone"] == 1 and source.counters["refused_by_kafka"] == 1
+    finally:
+        source.producer.flush(10)
+        delete_topics(settings, topic, prefix + "source")
 
 
 def test_a_record_too_large_for_the_topic_is_dead_lettered_and_the_cursor_moves_on(settings, stack, unique):

@@ -10,6 +10,7 @@ import pytest
 from cryptopipe.settings import Settings
 from tests.helpers import SECRETS
 from functions.binance_source.client import WeightGate
+from functions.binance_source.delivery import TopicLimits
 from functions.binance_source.resume import murmur2, partition_for
 from functions.binance_source.source import BadTrade, BinanceSource, SymbolState, parse_start_time, trade_value
 from functions.binance_source.streams import ConnectionBudget
@@ -223,6 +224,7 @@ def test_recovery_waits_for_kafka_instead_of_failing(tmp_path, monkeypatch):
         return {"BTCUSDT": 41}
 
     monkeypatch.setattr(delivery, "newest_agg_ids", newest_agg_ids)
+    monkeypatch.setattr(delivery, "topic_limits", lambda client, topic: delivery.TopicLimits())
     settings = Settings(_env_file=None, **SECRETS, var_dir=tmp_path)
     source = BinanceSource(settings, producer=Producer())
     source.delivery.kafka_retry = retrying(delivery.KAFKA_AWAY, 0.001, 0.01)
@@ -251,3 +253,18 @@ def test_websocket_mode_is_the_default_and_the_limits_are_binances():
                 {"binance_source_mode": "poll"}, {"binance_ws_url": "http://x"}):
         with pytest.raises(ValueError):
             Settings(**SECRETS, **bad)
+
+
+def test_a_trade_near_or_past_the_topics_bounds_is_risky():
+    """The broker refuses a record more than after.max.ms ahead of its clock or before.max.ms behind it, or larger
+    than max.message.bytes; its clock may be the margin away from ours either way."""
+    now, margin = 1_800_000_000_000, 120_000
+    limits = TopicLimits(after_ms=3_600_000, before_ms=86_400_000, max_bytes=1_048_588)
+    assert not limits.risky(now, 300, now, margin)
+    assert not limits.risky(now + 3_600_000 - margin, 300, now, margin)  # exactly at the edge of the margin
+    assert limits.risky(now + 3_600_000 - margin + 1, 300, now, margin)
+    assert limits.risky(now + 3 * 3_600_000, 300, now, margin)
+    assert not limits.risky(now - 86_400_000 + margin, 300, now, margin)
+    assert limits.risky(now - 86_400_000 + margin - 1, 300, now, margin)
+    assert limits.risky(now, 1_048_588, now, margin) and not limits.risky(now, 100_000, now, margin)
+    assert not TopicLimits().risky(now + 10**12, 10**9, now, margin)  # no bound read: nothing to fear

@@ -5,14 +5,24 @@ back to what Kafka really holds.
 A record the broker refuses (INVALID_TIMESTAMP, RECORD_TOO_LARGE, ...) fails the whole produce batch of its
 partition, so after a failure each failed trade is sent again alone: the ones that go through were only caught in
 the batch; the one the broker still refuses goes to `crypto.dlq.source` with the broker's error, and the cursor
-moves on past it. Nothing is lost, nothing is written twice, and no record can stall the source."""
+moves on past it. Nothing is lost, nothing is written twice, and no record can stall the source.
+
+Order needs one more step. After a refused batch, librdkafka sends the partition's later batches (already queued
+or in flight) under a new epoch, and they land before the refused batch's trades are sent again. So a trade the
+broker may refuse, one whose timestamp is near or past the topic's bounds (message.timestamp.after.max.ms,
+before.max.ms, read from the topic) or whose size is near max.message.bytes, is sent alone: after everything
+queued is acknowledged, and with nothing queued behind it until its own answer is in. Once a symbol's delivery
+failed, nothing more of it is queued until recover()."""
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from cryptopipe.retry import retrying
 from cryptopipe.run import Counters
@@ -28,6 +38,41 @@ KAFKA_AWAY = (KafkaException, TimeoutError, RuntimeError, LookupError)
 # (Other delivery errors, an ACL taken away or a topic deleted, refuse every record: those are retried.)
 REFUSED_RECORD = frozenset({KafkaError.INVALID_TIMESTAMP, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
                             KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE})
+
+
+# Room for a record's and its batch's headers next to the value, against max.message.bytes.
+RECORD_OVERHEAD = 512
+
+
+@dataclass(frozen=True)
+class TopicLimits:
+    """What the topic refuses of a record itself (None: no bound)."""
+    after_ms: int | None = None  # message.timestamp.after.max.ms: how far ahead of the broker's clock
+    before_ms: int | None = None  # message.timestamp.before.max.ms: how far behind it
+    max_bytes: int | None = None  # max.message.bytes
+
+    def risky(self, trade_time: int, size: int, now_ms: int, margin_ms: int) -> bool:
+        """The broker may refuse it, its clock `margin_ms` away from ours either way."""
+        return ((self.after_ms is not None and trade_time > now_ms + self.after_ms - margin_ms)
+                or (self.before_ms is not None and trade_time < now_ms - self.before_ms + margin_ms)
+                or (self.max_bytes is not None and size + RECORD_OVERHEAD > self.max_bytes))
+
+
+def topic_limits(client: dict[str, str], topic: str, timeout: float = 10.0) -> TopicLimits:
+    """The topic's limits on a record, as the broker applies them (its defaults included)."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    admin = AdminClient(client)  # held until the answer is in: a collected client fails its futures
+    future = admin.describe_configs([resource], request_timeout=timeout)[resource]
+    configs = {name: entry.value for name, entry in future.result(timeout).items()}
+
+    def number(name: str) -> int | None:
+        return int(configs[name]) if configs.get(name) is not None else None
+
+    # With LogAppendTime the broker stamps each record itself and takes any timestamp.
+    stamps = configs.get("message.timestamp.type", "CreateTime") == "CreateTime"
+    return TopicLimits(after_ms=number("message.timestamp.after.max.ms") if stamps else None,
+                       before_ms=number("message.timestamp.before.max.ms") if stamps else None,
+                       max_bytes=number("max.message.bytes"))
 
 
 class NotDelivered(Exception):
@@ -65,10 +110,22 @@ class Delivery:
         # Reading back what Kafka holds waits for Kafka, however long it is away.
         self.kafka_retry = retrying(KAFKA_AWAY, 0.5, 30.0)
         self.resend_retry = retrying((NotDelivered,), 0.5, 30.0)
+        self.limits = TopicLimits()  # read with the newest trades (newest()), at the start and after a failure
 
     def produce(self, state: SymbolState, values: list[tuple[int, int, bytes]]) -> None:
+        """Queue the trades in order; stops at a failed delivery of the symbol (recover() then resumes after
+        what Kafka holds, so the caller's trades left out are fetched again)."""
         key = state.symbol.encode()
+        now_ms = int(time.time() * 1000)
         for agg_id, trade_time, value in values:
+            alone = self.limits.risky(trade_time, len(value), now_ms, self.s.max_clock_skew_ms)
+            if alone:
+                self.counters.count("sent_alone")
+                log.warning("%s: agg id %d (timestamp %d, %d bytes) is near or past what %s takes; sending it alone",
+                            state.symbol, agg_id, trade_time, len(value), self.s.aggtrades_topic)
+                self.wait_for_kafka()
+            if state.delivery_failed:
+                break
             state.inflight.append((agg_id, trade_time, value))
             while True:
                 try:
@@ -77,6 +134,8 @@ class Delivery:
                     break
                 except BufferError:
                     self.producer.poll(0.05)
+            if alone:
+                self.wait_for_kafka()
         self.producer.poll(0)
 
     def on_delivery(self, err, msg) -> None:
@@ -108,8 +167,8 @@ class Delivery:
             self.acked = 0
 
     def newest(self, symbols: list[str]) -> dict[str, int]:
-        """{symbol: newest agg_id in Kafka}, waiting with backoff while Kafka cannot answer (SystemExit when
-        the source is stopped meanwhile)."""
+        """{symbol: newest agg_id in Kafka}, and the topic's limits on a record into `limits`; waiting with
+        backoff while Kafka cannot answer (SystemExit when the source is stopped meanwhile)."""
         def fail(err: Exception, attempt: int) -> None:
             if self.stopping():
                 raise SystemExit(0)
@@ -117,10 +176,12 @@ class Delivery:
             log.warning("cannot read the newest trades back from %s (attempt %d): %s; waiting for Kafka",
                         self.s.aggtrades_topic, attempt, err)
 
-        return self.kafka_retry.call_with_retry(
-            lambda: newest_agg_ids(self.s.kafka_config("source"), self.s.aggtrades_topic, symbols,
-                                   self.s.max_clock_skew_ms), fail,
-            with_failure_count=True)
+        def read() -> dict[str, int]:
+            client = self.s.kafka_config("source")
+            self.limits = topic_limits(client, self.s.aggtrades_topic)
+            return newest_agg_ids(client, self.s.aggtrades_topic, symbols, self.s.max_clock_skew_ms)
+
+        return self.kafka_retry.call_with_retry(read, fail, with_failure_count=True)
 
     def recover(self, state: SymbolState) -> None:
         """After a failed delivery: wait until nothing is in flight, send each failed trade again alone (into the
