@@ -71,6 +71,11 @@ def scrape_login(settings: Settings) -> tuple[str, str]:
     return SCRAPE_USER, settings.metrics_password.get_secret_value()
 
 
+def metrics_password_file(settings: Settings) -> Path:
+    """The scrapers' password in a file of mode 0600, for Prometheus' scrapes and Alertmanager's webhook."""
+    return secret_file(settings, "metrics.password", settings.metrics_password.get_secret_value())
+
+
 def people_login(settings: Settings) -> tuple[str, str]:
     """requests' `auth` for Prometheus and Alertmanager."""
     return settings.monitoring_user, settings.monitoring_password.get_secret_value()
@@ -190,11 +195,10 @@ class Alertmanager(MonitoringService):
     def start(self) -> None:
         s = self.s
         web = web_config(s, self.name, s.monitoring_user, s.monitoring_password.get_secret_value())
-        metrics_password = secret_file(s, "metrics.password", s.metrics_password.get_secret_value())
         webhook = secret_file(s, "webhook.url", s.alert_webhook_url) if s.alert_webhook_url else None
         conf = config_dir(s) / "alertmanager.yml"
         conf.write_text(render("alertmanager.yml.j2", monitor_port=s.monitor_port, scrape_user=SCRAPE_USER,
-                               metrics_password_file=metrics_password, webhook_url_file=webhook,
+                               metrics_password_file=metrics_password_file(s), webhook_url_file=webhook,
                                inhibitions=list(INHIBITIONS.items())))
         data = s.var_dir / "alertmanager"
         data.mkdir(parents=True, exist_ok=True)
@@ -229,8 +233,7 @@ class Prometheus(MonitoringService):
             rules_dir=RULES_DIR, alertmanager_port=s.alertmanager_port, prometheus_port=s.prometheus_port,
             monitoring_user=s.monitoring_user, scrape_user=SCRAPE_USER, targets_dir=targets_dir(s),
             monitoring_password_file=secret_file(s, "monitoring.password", s.monitoring_password.get_secret_value()),
-            metrics_password_file=secret_file(s, "metrics.password", s.metrics_password.get_secret_value()),
-            redis_exporter_port=s.redis_exporter_port,
+            metrics_password_file=metrics_password_file(s), redis_exporter_port=s.redis_exporter_port,
             exporters=[("node", s.node_exporter_port), ("postgres", s.postgres_exporter_port),
                        ("monitor", s.monitor_port)]))
         data = s.var_dir / "prometheus"
