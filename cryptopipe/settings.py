@@ -243,6 +243,12 @@ class Settings(BaseSettings):
     postgres_exporter_port: Port = 9187
     redis_exporter_port: Port = 9121
     monitor_port: Port = 9108
+    # The JVMs' own metrics: the jmx_exporter java agent inside Kafka, Connect and Flink's JobManager and
+    # TaskManager (rules in monitoring/jmx/), behind the scrapers' login like the exporters.
+    kafka_metrics_port: Port = 9404
+    connect_metrics_port: Port = 9405
+    flink_jobmanager_metrics_port: Port = 9250
+    flink_taskmanager_metrics_port: Port = 9251
     # Each function serves its metrics on its own port while it runs (and Prometheus finds it by a file in
     # var/monitoring/targets that the function writes at start).
     source_metrics_port: Port = 9111

@@ -5,6 +5,10 @@ there), with the job's functions (flink/udf) from stack/lib/flink-udf.
 Everything binds to 127.0.0.1. The JobManager's REST API and web UI are on FLINK_PORT, the gateway on
 FLINK_GATEWAY_PORT. Checkpoints and savepoints live under var/flink/. More TaskManagers (here or on other machines,
 pointed at the JobManager's RPC address) add task slots; see the README.
+
+Metrics: Flink's JMX reporter publishes them as MBeans inside each JVM, and the JMX exporter agent in the JobManager
+and the TaskManager serves them (monitoring/jmx/flink.yml) behind the scrapers' login. Flink's own Prometheus
+reporter is not used: it listens on every interface and asks for no login.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def config(settings: Settings) -> dict[str, str]:
         "io.tmp.dirs": str(flink_dir / "tmp" / "io"), "web.tmpdir": str(flink_dir / "tmp" / "web"),
         # RocksDB's own LOG files (one per operator and job) default to Flink's log folder, i.e. logs/.
         "state.backend.rocksdb.log.dir": str(flink_dir / "rocksdb-logs"),
+        # MBeans in the JVM only (no port: no JMX server of its own); the JMX exporter agent reads them.
+        "metrics.reporter.jmx.factory.class": "org.apache.flink.metrics.jmx.JMXReporterFactory",
     }
 
 
@@ -69,6 +75,7 @@ class FlinkService(JavaService):
 
     jars = "flink"
     entry = ""
+    metrics_rules = "flink"
 
     @property
     def conf_dir(self):
@@ -104,8 +111,8 @@ class FlinkService(JavaService):
         jvm_opts, dynamic = self.memory_args()
         argv = [self.java(), *jvm_opts, "-XX:+UseG1GC", f"-Djava.io.tmpdir={self.tmp_dir}",
                 f"-Dlog.file={self.log_file}", f"-Dlog4j2.configurationFile={(self.conf_dir / 'log4j.properties').as_uri()}",
-                f"-Dcryptopipe.service={self.name}", *JAVA_17_OPENS, "-cp", self.classpath(), self.entry, *self.args(),
-                *dynamic]
+                f"-Dcryptopipe.service={self.name}", *JAVA_17_OPENS, *self.metrics_agent(), "-cp", self.classpath(),
+                self.entry, *self.args(), *dynamic]
         self.spawn(argv, env={"FLINK_CONF_DIR": str(self.conf_dir)}, stdout=self.s.logs_dir / f"{self.name}.out")
 
     def args(self) -> list[str]:
@@ -126,10 +133,15 @@ class FlinkService(JavaService):
 class FlinkJobManager(FlinkService):
     name, port_var, marker = "flink-jobmanager", "FLINK_PORT", "StandaloneSessionClusterEntrypoint"
     entry = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
+    metrics_port_var = "FLINK_JOBMANAGER_METRICS_PORT"
 
     @property
     def port(self) -> int:
         return self.s.flink_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.s.flink_jobmanager_metrics_port
 
     def memory_args(self):
         return self.bash_java_utils("GET_JM_RESOURCE_PARAMS")
@@ -141,6 +153,11 @@ class FlinkJobManager(FlinkService):
 class FlinkTaskManager(FlinkService):
     name, port_var, marker = "flink-taskmanager", "", "TaskManagerRunner"
     entry = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
+    metrics_port_var = "FLINK_TASKMANAGER_METRICS_PORT"
+
+    @property
+    def metrics_port(self) -> int:
+        return self.s.flink_taskmanager_metrics_port
 
     def memory_args(self):
         return self.bash_java_utils("GET_TM_RESOURCE_PARAMS")

@@ -1,5 +1,6 @@
 """Monitoring services of the native stack: Prometheus, Alertmanager, the node, PostgreSQL and Redis exporters,
-and the pipeline's own exporter (ops.monitor). All from Debian's packages (`make setup`), on 127.0.0.1.
+and the pipeline's own exporter (ops.monitor). All from Debian's packages (`make setup`), on 127.0.0.1. The JVMs'
+metrics (Kafka, Connect, Flink) come from the JMX exporter agent inside each (ops.services).
 
 Their configs are rendered from monitoring/*.j2 into var/monitoring at every start, from the settings:
 Prometheus and Alertmanager ask for the people's login (MONITORING_USER), every exporter but Redis's for the
@@ -23,7 +24,7 @@ from cryptopipe.logs import LOG_FILE_VAR
 from cryptopipe.metrics import SCRAPE_USER, targets_dir
 from cryptopipe.settings import ROOT, Settings
 from ops.process import StackError
-from ops.services import Service, write_private
+from ops.services import Service, monitoring_dir, secret_file
 
 MONITORING_DIR = ROOT / "monitoring"
 RULES_DIR = MONITORING_DIR / "rules"
@@ -43,21 +44,10 @@ INHIBITIONS = {
 }
 
 
-def config_dir(settings: Settings) -> Path:
-    return settings.var_dir / "monitoring"
-
-
 def render(template: str, **values) -> str:
     env = Environment(loader=FileSystemLoader(MONITORING_DIR), undefined=StrictUndefined, keep_trailing_newline=True,
                       trim_blocks=True, lstrip_blocks=True)
     return env.get_template(template).render(**values)
-
-
-def secret_file(settings: Settings, name: str, text: str) -> Path:
-    path = config_dir(settings) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, text)
-    return path
 
 
 def web_config(settings: Settings, name: str, user: str, password: str) -> Path:
@@ -196,7 +186,7 @@ class Alertmanager(MonitoringService):
         s = self.s
         web = web_config(s, self.name, s.monitoring_user, s.monitoring_password.get_secret_value())
         webhook = secret_file(s, "webhook.url", s.alert_webhook_url) if s.alert_webhook_url else None
-        conf = config_dir(s) / "alertmanager.yml"
+        conf = monitoring_dir(s) / "alertmanager.yml"
         conf.write_text(render("alertmanager.yml.j2", monitor_port=s.monitor_port, scrape_user=SCRAPE_USER,
                                metrics_password_file=metrics_password_file(s), webhook_url_file=webhook,
                                inhibitions=list(INHIBITIONS.items())))
@@ -226,7 +216,7 @@ class Prometheus(MonitoringService):
     def start(self) -> None:
         s = self.s
         web = web_config(s, self.name, s.monitoring_user, s.monitoring_password.get_secret_value())
-        conf = config_dir(s) / "prometheus.yml"
+        conf = monitoring_dir(s) / "prometheus.yml"
         targets_dir(s).mkdir(parents=True, exist_ok=True)
         conf.write_text(render(
             "prometheus.yml.j2", interval=s.scrape_interval_s, timeout=min(10, s.scrape_interval_s),
@@ -234,8 +224,7 @@ class Prometheus(MonitoringService):
             monitoring_user=s.monitoring_user, scrape_user=SCRAPE_USER, targets_dir=targets_dir(s),
             monitoring_password_file=secret_file(s, "monitoring.password", s.monitoring_password.get_secret_value()),
             metrics_password_file=metrics_password_file(s), redis_exporter_port=s.redis_exporter_port,
-            exporters=[("node", s.node_exporter_port), ("postgres", s.postgres_exporter_port),
-                       ("monitor", s.monitor_port)]))
+            exporters=exporters(s)))
         data = s.var_dir / "prometheus"
         data.mkdir(parents=True, exist_ok=True)
         self.spawn([debian_binary(self.binary), f"--config.file={conf}", f"--web.config.file={web}",
@@ -243,6 +232,16 @@ class Prometheus(MonitoringService):
                     f"--storage.tsdb.retention.time={s.prometheus_retention_time}",
                     f"--storage.tsdb.retention.size={s.prometheus_retention_size}",
                     f"--web.console.templates={CONSOLES_DIR}", f"--web.console.libraries={CONSOLE_LIBRARIES}"])
+
+
+def exporters(settings: Settings) -> list[tuple[str, int]]:
+    """(job, port) of every target on a fixed port behind the scrapers' login: the exporters, and the JMX exporter
+    agent in Kafka, Connect and Flink's two processes (each job named after its service)."""
+    s = settings
+    return [("node", s.node_exporter_port), ("postgres", s.postgres_exporter_port), ("monitor", s.monitor_port),
+            ("kafka", s.kafka_metrics_port), ("connect", s.connect_metrics_port),
+            ("flink-jobmanager", s.flink_jobmanager_metrics_port),
+            ("flink-taskmanager", s.flink_taskmanager_metrics_port)]
 
 
 def services(settings: Settings) -> list[Service]:

@@ -2,14 +2,17 @@
 
 PostgreSQL lives in ops.postgres and Airflow's processes in ops.airflow; Redis, Kafka (KRaft, one node) and
 Kafka Connect with the Debezium JDBC sink are here. Kafka and Connect come from Maven Central jars
-(`make setup`), each on its own classpath, the JDBC plugin only under plugin.path.
+(`make setup`), each on its own classpath, the JDBC plugin only under plugin.path. Their JVMs (and Flink's) carry
+the Prometheus JMX exporter agent, which serves the metrics monitoring/jmx/<rules>.yml names on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -19,6 +22,7 @@ import redis
 import requests
 from confluent_kafka.admin import AdminClient
 
+from cryptopipe.metrics import SCRAPE_USER
 from cryptopipe.settings import ROOT, Settings
 from ops import redis_acl, supervise
 from ops.process import StackError, pid_from_file, port_open, rotate_at_start, spawn, terminate
@@ -26,6 +30,13 @@ from ops.process import StackError, pid_from_file, port_open, rotate_at_start, s
 CONFIG_DIR = ROOT / "stack" / "config"
 LIB_DIR = ROOT / "stack" / "lib"
 PLUGIN_DIR = LIB_DIR / "plugins"
+AGENT_DIR = LIB_DIR / "metrics"
+JMX_RULES_DIR = ROOT / "monitoring" / "jmx"
+# The agent's login check (jmx_exporter 1.0.1): PBKDF2 of the password, salted with the salt's UTF-8 bytes, its
+# keyLength in bytes, compared as hex. 600,000 iterations is its own default for this algorithm; it keeps the
+# logins it accepted in memory, so a scrape does not pay them again.
+PBKDF2_ITERATIONS = 600_000
+PBKDF2_KEY_BYTES = 32
 JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
 
 
@@ -130,6 +141,47 @@ def write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
+def monitoring_dir(settings: Settings) -> Path:
+    """var/monitoring: the monitoring configs rendered at start, and the secret files they name."""
+    return settings.var_dir / "monitoring"
+
+
+def secret_file(settings: Settings, name: str, text: str) -> Path:
+    """var/monitoring/`name`, mode 0600, holding `text`."""
+    path = monitoring_dir(settings) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, text)
+    return path
+
+
+def agent_jar() -> Path:
+    jars = sorted(AGENT_DIR.glob("jmx_prometheus_javaagent-*.jar"))
+    if not jars:
+        raise StackError("The JMX exporter agent is missing from stack/lib/metrics: run `make setup`.")
+    return jars[-1]
+
+
+def jmx_config(settings: Settings, rules: str) -> str:
+    """monitoring/jmx/<rules>.yml with the agent's login added: the scrapers' (`prometheus`, METRICS_PASSWORD),
+    its password as a salted PBKDF2 hash only."""
+    text = (JMX_RULES_DIR / f"{rules}.yml").read_text()
+    salt = secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", settings.metrics_password.get_secret_value().encode(), salt.encode(),
+                                 PBKDF2_ITERATIONS, PBKDF2_KEY_BYTES).hex()
+    return (f"{text.rstrip()}\n\n# Added by ops.services at start: the scrapers' login, as a hash.\n"
+            "httpServer:\n  authentication:\n    basic:\n"
+            f"      username: {SCRAPE_USER}\n      algorithm: PBKDF2WithHmacSHA256\n"
+            f"      iterations: {PBKDF2_ITERATIONS}\n      keyLength: {PBKDF2_KEY_BYTES}\n"
+            f"      salt: {salt}\n      passwordHash: {digest}\n")
+
+
+def jmx_agent(settings: Settings, name: str, rules: str, port: int) -> str:
+    """The -javaagent option that serves this JVM's metrics on 127.0.0.1:`port` (the agent's default is every
+    interface), its config rendered into var/monitoring/<name>-jmx.yml."""
+    config = secret_file(settings, f"{name}-jmx.yml", jmx_config(settings, rules))
+    return f"-javaagent:{agent_jar()}=127.0.0.1:{port}:{config}"
+
+
 def plain_login_configs(settings: Settings, listeners: tuple[str, ...]) -> dict[str, str]:
     """The PLAIN JAAS config of the broker's listeners: `admin` is both the login the broker uses to reach itself and
     its controller, and the one PLAIN user those listeners accept."""
@@ -173,10 +225,17 @@ class Redis(Service):
 
 
 class JavaService(Service):
-    """A JVM process from the jars `make setup` resolved into stack/lib/<jars>."""
+    """A JVM process from the jars `make setup` resolved into stack/lib/<jars>; with a metrics port, the JMX
+    exporter agent in it serves what monitoring/jmx/<metrics_rules>.yml names."""
 
     jars = ""
     heap_setting = ""
+    metrics_rules = ""
+    metrics_port_var = ""
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None
 
     def java(self) -> str:
         java = shutil.which(self.s.java)
@@ -199,22 +258,41 @@ class JavaService(Service):
     def preflight(self) -> None:
         self.java()
         self.classpath()
+        if self.metrics_port is not None:
+            agent_jar()
+            # The agent ends the JVM when its port is taken, and the supervisor would start it again and again.
+            if port_open("127.0.0.1", self.metrics_port):
+                raise StackError(f"Port {self.metrics_port} for the metrics of {self.name} is already in use: "
+                                 f"stop that process, or set {self.metrics_port_var} in .env to a free port.")
 
-    def jvm(self, name: str, heap: str) -> list[str]:
+    def metrics_agent(self) -> list[str]:
+        """The JVM option that starts the JMX exporter agent, if this service has a metrics port."""
+        if self.metrics_port is None:
+            return []
+        return [jmx_agent(self.s, self.name, self.metrics_rules, self.metrics_port)]
+
+    def jvm(self, name: str, heap: str, metrics: bool = False) -> list[str]:
+        """The JVM's options up to its main class; `metrics`: with the JMX exporter agent (the service itself,
+        not a tool run with its jars)."""
         return [
             self.java(), "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={CONFIG_DIR / 'log4j2.properties'}", f"-Dcryptopipe.service={name}",
-            f"-Dcryptopipe.logs={self.s.logs_dir}",
+            f"-Dcryptopipe.logs={self.s.logs_dir}", *(self.metrics_agent() if metrics else []),
             "-cp", self.classpath(),
         ]
 
 
 class Kafka(JavaService):
     name, port_var, marker, jars = "kafka", "KAFKA_PORT", "kafka.Kafka", "broker"
+    metrics_rules, metrics_port_var = "kafka", "KAFKA_METRICS_PORT"
 
     @property
     def port(self) -> int:
         return self.s.kafka_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.s.kafka_metrics_port
 
     def start(self) -> None:
         host, port, cport = self.s.kafka_host, self.s.kafka_port, self.s.kafka_controller_port
@@ -238,7 +316,7 @@ class Kafka(JavaService):
                 check=True, stdout=subprocess.DEVNULL,
             )
         # log4j2 writes and rolls logs/kafka.log itself.
-        self.spawn([*self.jvm("kafka", self.s.kafka_heap), "kafka.Kafka", str(conf)],
+        self.spawn([*self.jvm("kafka", self.s.kafka_heap, metrics=True), "kafka.Kafka", str(conf)],
                    stdout=self.s.logs_dir / "kafka.out")
 
     def ready(self) -> bool:
@@ -251,10 +329,15 @@ class Kafka(JavaService):
 
 class Connect(JavaService):
     name, port_var, marker, jars = "connect", "CONNECT_PORT", "ConnectDistributed", "connect"
+    metrics_rules, metrics_port_var = "connect", "CONNECT_METRICS_PORT"
 
     @property
     def port(self) -> int:
         return self.s.connect_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.s.connect_metrics_port
 
     def preflight(self) -> None:
         super().preflight()
@@ -291,7 +374,7 @@ class Connect(JavaService):
         rest_jaas = self.run_dir / "connect-rest.jaas"
         write_private(rest_jaas, "KafkaConnect {\n  org.apache.kafka.connect.rest.basic.auth.extension."
                                  f'PropertyFileLoginModule required file="{users}";\n}};\n')
-        jvm = self.jvm("connect", self.s.connect_heap)
+        jvm = self.jvm("connect", self.s.connect_heap, metrics=True)
         jvm.insert(1, f"-Djava.security.auth.login.config={rest_jaas}")
         self.spawn([*jvm, "org.apache.kafka.connect.cli.ConnectDistributed", str(conf)],
                    env=self.environment(), stdout=self.s.logs_dir / "connect.out")

@@ -60,12 +60,12 @@ else
   echo "    .venv is up to date"
 fi
 
-# ---- Kafka, Kafka Connect, the Debezium JDBC sink and Flink from Maven Central -------------------
+# ---- Kafka, Kafka Connect, the Debezium JDBC sink, Flink and the JMX exporter from Maven Central ----
 want=$(stamp_of stack/java/pom.xml)
 if [ "$(cat stack/lib/.stamp 2>/dev/null)" != "$want" ]; then
-  say "Kafka, Kafka Connect, the Debezium JDBC sink and Flink (Maven Central)"
+  say "Kafka, Kafka Connect, the Debezium JDBC sink, Flink and the JMX exporter agent (Maven Central)"
   rm -rf stack/lib
-  for profile in broker connect jdbc-plugin flink; do
+  for profile in broker connect jdbc-plugin flink metrics; do
     mvn -B -q -f stack/java/pom.xml -P "$profile" package
   done
   mkdir -p stack/lib/plugins

@@ -20,7 +20,8 @@ from .helpers import SECRETS, free_port, wait_for
 
 
 MONITORING_PORTS = ("prometheus_port", "alertmanager_port", "node_exporter_port", "postgres_exporter_port",
-                    "redis_exporter_port", "monitor_port")
+                    "redis_exporter_port", "monitor_port", "kafka_metrics_port", "connect_metrics_port",
+                    "flink_jobmanager_metrics_port", "flink_taskmanager_metrics_port")
 
 
 def scratch_settings(tmp_path, **overrides) -> Settings:
