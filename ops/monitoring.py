@@ -29,8 +29,9 @@ from ops.services import Service, monitoring_dir, secret_file
 MONITORING_DIR = ROOT / "monitoring"
 RULES_DIR = MONITORING_DIR / "rules"
 CONSOLES_DIR = MONITORING_DIR / "consoles"
-# Debian's prometheus package ships the console libraries as an example only.
-CONSOLE_LIBRARIES = Path("/usr/share/doc/prometheus/examples/console_libraries")
+# The consoles' own library (head, menu, tables): Debian's example libraries link to pages we do not ship and load
+# a script the package lacks.
+CONSOLE_LIBRARIES = CONSOLES_DIR / "lib"
 
 # ServiceDown of a service (key) silences the alerts of the parts that cannot work without it (value: a regex
 # on the rules' `component` label), so Kafka down pages once, not once per connector, group and function.
