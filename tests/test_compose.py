@@ -3,6 +3,8 @@ services, ports, variables, config files and logins as the native stack, each co
 
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import json
 import os
 import re
@@ -10,23 +12,52 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.request import urlopen
 
+import bcrypt
 import pytest
 import yaml
 from pydantic import SecretStr
 
+from cryptopipe.metrics import SCRAPE_USER, metric_name
 from cryptopipe.settings import ROOT, Settings, user_field
-from ops import redis_acl
+from ops import monitoring, redis_acl
 from ops.services import plain_login_configs, read_properties
+from ops.stack import NativeStack
 
 COMPOSE = ROOT / "docker-compose.yaml"
 SERVICES = {"kafka", "connect", "ksqldb-server", "ksqldb-cli", "postgres", "redis", "kafka-ui", "init",
             "airflow-init", "airflow", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
             "source", "redis-sink", "alert-notifier", "replay",
-            "flink-jobmanager", "flink-taskmanager", "flink-sql-gateway", "flink-deploy"}
+            "flink-jobmanager", "flink-taskmanager", "flink-sql-gateway", "flink-deploy",
+            "prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "monitor"}
 ONE_SHOT = {"init", "airflow-init"}
+# The functions that serve metrics (each on its <name>_metrics_port) and so are scraped.
+FUNCTIONS = ("source", "redis-sink", "alert-notifier")
+# The JVMs with the JMX exporter agent: service -> (rules in monitoring/jmx/, the setting of its port).
+JVMS = {"kafka": ("kafka", "kafka_metrics_port"), "connect": ("connect", "connect_metrics_port"),
+        "flink-jobmanager": ("flink", "flink_jobmanager_metrics_port"),
+        "flink-taskmanager": ("flink", "flink_taskmanager_metrics_port")}
+# Every character the settings allow in a password that YAML would read otherwise unquoted.
+JMX_PASSWORD = "a:b#c{d}[e],f%g!h*i?j@k&"
+
+
+def assert_agent(option: str, rules: str, port: int, config_dir: Path) -> None:
+    """`option` starts the agent from its images' path on `port` with `rules` and the scrapers' login, in a file
+    of config_dir only its owner reads."""
+    jar, spec = option.removeprefix("-javaagent:").split("=", 1)
+    listen, config = spec.split(":", 1)
+    assert (jar, int(listen)) == ("/opt/jmx/jmx_prometheus_javaagent.jar", port)
+    config = Path(config)
+    assert config.parent == config_dir and stat.S_IMODE(config.stat().st_mode) == 0o600
+    loaded = yaml.safe_load(config.read_text())
+    assert loaded["httpServer"] == {"authentication": {"basic": {"username": SCRAPE_USER, "password": JMX_PASSWORD}}}
+    assert {k: v for k, v in loaded.items() if k != "httpServer"} == yaml.safe_load(
+        (ROOT / "monitoring/jmx" / f"{rules}.yml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +105,15 @@ def published(service: dict) -> list[tuple[str, str, int]]:
         ("airflow", "AIRFLOW_PORT", "airflow_port"),
         ("ksqldb-server", "KSQLDB_PORT", "ksqldb_port"),
         ("kafka-ui", "KAFKA_UI_PORT", "kafka_ui_port"),
+        ("prometheus", "PROMETHEUS_PORT", "prometheus_port"),
+        ("alertmanager", "ALERTMANAGER_PORT", "alertmanager_port"),
+        ("node-exporter", "NODE_EXPORTER_PORT", "node_exporter_port"),
+        ("postgres-exporter", "POSTGRES_EXPORTER_PORT", "postgres_exporter_port"),
+        ("redis-exporter", "REDIS_EXPORTER_PORT", "redis_exporter_port"),
+        ("monitor", "MONITOR_PORT", "monitor_port"),
+        ("source", "SOURCE_METRICS_PORT", "source_metrics_port"),
+        ("redis-sink", "REDIS_SINK_METRICS_PORT", "redis_sink_metrics_port"),
+        ("alert-notifier", "ALERT_NOTIFIER_METRICS_PORT", "alert_notifier_metrics_port"),
     ],
 )
 def test_ports_match_the_native_settings(compose, service, variable, field):
@@ -107,6 +147,21 @@ def test_image_tags_come_from_env_example(compose):
         if "image" in service and "build" not in service:
             var, default = re.fullmatch(r"\$\{(\w+):-(\S+)\}", service["image"]).groups()
             assert defined[var] == default, name
+        # A base image the build takes (Kafka's, with the JMX exporter agent added, is KAFKA_IMAGE still).
+        for arg, value in (service.get("build") or {}).get("args", {}).items():
+            var, default = re.fullmatch(r"\$\{(\w+):-(\S+)\}", value).groups()
+            assert defined.get(var, default) == default, (name, arg)
+    assert compose["services"]["kafka"]["build"]["args"]["KAFKA_BASE_IMAGE"].startswith("${KAFKA_IMAGE:-")
+
+
+def test_every_image_is_pinned(compose):
+    # A tag that names a release, never `latest` or none: the same `up` runs the same versions.
+    images = [s["image"] for s in compose["services"].values() if "build" not in s]
+    images += [s["build"]["args"][arg] for s in compose["services"].values()
+               for arg in (s.get("build") or {}).get("args", {}) if arg.endswith("_IMAGE")]
+    for image in images:
+        tag = re.fullmatch(r"\$\{\w+:-([^}]+)\}", image).group(1).rsplit(":", 1)
+        assert len(tag) == 2 and re.match(r"v?\d", tag[1]), image
 
 
 def test_shares_the_native_config_files(compose):
@@ -114,6 +169,7 @@ def test_shares_the_native_config_files(compose):
     assert "./stack/config/kafka.properties" in mounts
     assert "./stack/config/redis.conf" in mounts
     assert "./dags" in mounts
+    assert {"./monitoring/rules", "./monitoring/consoles", "./monitoring/jmx"} <= set(mounts)
     for mount in mounts:
         # reports/ is an output folder (gitignored); Docker creates it.
         assert mount == "./reports" or (ROOT / mount).exists(), mount
@@ -127,12 +183,14 @@ def test_functions_run_the_console_scripts_the_project_installs(compose):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     for name in ("source", "redis-sink", "alert-notifier", "replay"):
         service = compose["services"][name]
-        assert service["command"][0] in scripts, name
-        module = scripts[service["command"][0]].split(":")[0]
+        # The functions that serve metrics run under the relay (below): the script is its last argument.
+        script = service["command"][-1] if name in FUNCTIONS else service["command"][0]
+        assert script in scripts, name
+        module = scripts[script].split(":")[0]
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
         assert service["build"]["dockerfile"] == "docker/python/Dockerfile"
     dockerfile = (ROOT / "docker/python/Dockerfile").read_text()
-    for folder in ("functions", "replay", "connectors", "ksql", "flink"):
+    for folder in ("functions", "replay", "connectors", "ksql", "flink", "monitoring", "docker/monitoring"):
         assert f"COPY {folder} {folder}" in dockerfile
 
 
@@ -163,28 +221,43 @@ AIRFLOW = {"AIRFLOW_DB_PASSWORD", "AIRFLOW_JWT_SECRET", "PG_READER_PASSWORD", "P
            "PG_RETENTION_PASSWORD", "PG_BACKFILL_PASSWORD", "KAFKA_AIRFLOW_PASSWORD"}
 # What each service needs, and so all it may get.
 NEEDS = {
-    "kafka": {"KAFKA_ADMIN_PASSWORD"},
+    # The JVMs' JMX exporter agents ask for the scrapers' login.
+    "kafka": {"KAFKA_ADMIN_PASSWORD", "METRICS_PASSWORD"},
     "postgres": {"POSTGRES_SUPERUSER_PASSWORD", "AIRFLOW_DB_PASSWORD"},
     "redis": set(),
-    # Creates every Kafka user, PostgreSQL role and Redis user; deploys the connectors through Connect's REST API.
-    "init": {"POSTGRES_SUPERUSER_PASSWORD", "CONNECT_REST_PASSWORD"} | KAFKA_ALL | PG_ALL | REDIS_ALL,
-    "connect": {"KAFKA_CONNECT_PASSWORD", "CONNECT_REST_PASSWORD", "PG_WRITER_PASSWORD"},
+    # Creates every Kafka user, PostgreSQL role and Redis user; deploys the connectors through Connect's REST API;
+    # writes the monitoring services' logins and Alertmanager's webhook into their volumes.
+    "init": {"POSTGRES_SUPERUSER_PASSWORD", "CONNECT_REST_PASSWORD", "MONITORING_PASSWORD", "METRICS_PASSWORD",
+             "ALERT_WEBHOOK_URL"} | KAFKA_ALL | PG_ALL | REDIS_ALL,
+    "connect": {"KAFKA_CONNECT_PASSWORD", "CONNECT_REST_PASSWORD", "PG_WRITER_PASSWORD", "METRICS_PASSWORD"},
     "ksqldb-server": {"KAFKA_KSQLDB_PASSWORD"},
     "ksqldb-cli": set(),
     "kafka-ui": {"KAFKA_KAFKA_UI_PASSWORD", "CONNECT_REST_PASSWORD"},
-    "source": {"KAFKA_SOURCE_PASSWORD"},
-    "redis-sink": {"KAFKA_REDIS_SINK_PASSWORD", "REDIS_SINK_PASSWORD"},
-    "alert-notifier": {"KAFKA_ALERT_NOTIFIER_PASSWORD", "REDIS_NOTIFIER_PASSWORD", "ALERT_WEBHOOK_URL"},
+    # The functions' metrics ask for the scrapers' login.
+    "source": {"KAFKA_SOURCE_PASSWORD", "METRICS_PASSWORD"},
+    "redis-sink": {"KAFKA_REDIS_SINK_PASSWORD", "REDIS_SINK_PASSWORD", "METRICS_PASSWORD"},
+    "alert-notifier": {"KAFKA_ALERT_NOTIFIER_PASSWORD", "REDIS_NOTIFIER_PASSWORD", "ALERT_WEBHOOK_URL",
+                       "METRICS_PASSWORD"},
     "replay": {"REPLAY_TOKEN"},
     "flink-deploy": {"KAFKA_STREAM_PASSWORD"},
-    "flink-jobmanager": set(),
-    "flink-taskmanager": set(),
+    "flink-jobmanager": {"METRICS_PASSWORD"},
+    "flink-taskmanager": {"METRICS_PASSWORD"},
     "flink-sql-gateway": set(),
     "airflow-init": AIRFLOW,
     "airflow": AIRFLOW | {"AIRFLOW_ADMIN_PASSWORD"},
     "airflow-scheduler": AIRFLOW,
     "airflow-dag-processor": AIRFLOW,
     "airflow-triggerer": AIRFLOW,
+    # Their logins are files init writes into their volumes (bcrypt hashes, password files).
+    "prometheus": set(),
+    "alertmanager": set(),
+    "node-exporter": set(),
+    "postgres-exporter": {"PG_MONITOR_PASSWORD"},
+    # Its login takes the password itself (no hash), and its Redis password is init's file.
+    "redis-exporter": {"METRICS_PASSWORD"},
+    # What ops.monitor reads natively, with the same logins (ServiceDown's probes of Kafka and Redis as admin).
+    "monitor": {"KAFKA_ADMIN_PASSWORD", "CONNECT_REST_PASSWORD", "PG_READER_PASSWORD", "REDIS_ADMIN_PASSWORD",
+                "REDIS_READER_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "METRICS_PASSWORD"},
 }
 
 
@@ -216,6 +289,19 @@ def test_the_table_covers_every_service_and_only_init_has_the_superuser(compose)
     holders = {name for name, s in compose["services"].items()
                if "POSTGRES_SUPERUSER_PASSWORD" in secrets_given(s)}
     assert holders == {"init", "postgres"}
+
+
+def test_no_secret_is_written_in_the_file(compose):
+    # Every variable holding a password, secret or token gets one from .env, or the withheld placeholder.
+    placeholder = next(iter(compose["x-withheld"].values()))
+    for name, service in compose["services"].items():
+        for var, value in (service.get("environment") or {}).items():
+            if re.search(r"(PASSWORD|PASS|SECRET|TOKEN)$", var):
+                assert value in (None, placeholder) or re.fullmatch(r"\$\{(\w+):\?set it in \.env\}", value) and \
+                    value[2:].split(":")[0] in SECRETS, (name, var)
+    definitions = json.dumps(compose)
+    assert "change-me" not in definitions
+    assert not re.search(r"\$2[aby]\$\d\d\$", definitions)  # no bcrypt hash either
 
 
 def test_no_secret_has_a_default():
@@ -330,13 +416,16 @@ def connect_started(tmp_path):
     etc, run, home = tmp_path / "etc", tmp_path / "run", tmp_path / "kafka"
     etc.mkdir(), run.mkdir(), (home / "bin").mkdir(parents=True)
     shutil.copy(ROOT / "stack/config/connect-distributed.properties", etc)
+    shutil.copy(ROOT / "docker/monitoring/jmx-agent.sh", etc)  # where docker/connect/Dockerfile puts it
     fake = home / "bin/connect-distributed.sh"
-    fake.write_text('#!/bin/bash\necho "$1"\necho "$KAFKA_OPTS"\necho "${KAFKA_CONNECT_PASSWORD:-unset}"\n')
+    fake.write_text('#!/bin/bash\necho "$1"\necho "$KAFKA_OPTS"\n'
+                    'echo "${KAFKA_CONNECT_PASSWORD:-unset}${METRICS_PASSWORD:-unset}"\n')
     fake.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "CONNECT_ETC_DIR": str(etc), "CONNECT_RUN_DIR": str(run),
            "CONNECT_KAFKA_HOME": str(home), "CONNECT_BOOTSTRAP_SERVERS": "kafka:29092",
            "KAFKA_CONNECT_PASSWORD": "k@fka:pw!", "CONNECT_REST_USER": "connect-admin",
-           "CONNECT_REST_PASSWORD": "r=st#pw"}
+           "CONNECT_REST_PASSWORD": "r=st#pw", "CONNECT_METRICS_PORT": "9405", "METRICS_PASSWORD": JMX_PASSWORD,
+           "JMX_RULES_DIR": str(ROOT / "monitoring/jmx")}
     result = subprocess.run(["bash", str(ROOT / "docker/connect/start-connect.sh")], env=env, capture_output=True,
                             text=True, check=True)
     conf, opts, password_left = result.stdout.splitlines()
@@ -354,7 +443,7 @@ def test_connect_logs_in_to_kafka_as_natively(connect_started):
         assert props[f"{prefix}sasl.jaas.config"] == jaas
     assert props["bootstrap.servers"] == "kafka:29092"
     assert props["rest.extension.classes"].endswith("BasicAuthSecurityRestExtension")
-    assert connect_started.password_left == "unset"
+    assert connect_started.password_left == "unsetunset"
 
 
 def test_connect_rest_users_are_written_owner_only(connect_started):
@@ -365,6 +454,14 @@ def test_connect_rest_users_are_written_owner_only(connect_started):
     assert f"-Djava.security.auth.login.config={jaas}" in connect_started.opts.split()
     for path in run.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+def test_connect_serves_its_metrics_through_the_agent(connect_started, compose):
+    [agent] = [opt for opt in connect_started.opts.split() if opt.startswith("-javaagent:")]
+    assert_agent(agent, "connect", Settings.model_fields["connect_metrics_port"].default, connect_started.run)
+    connect = compose["services"]["connect"]
+    assert connect["environment"]["CONNECT_METRICS_PORT"] == str(Settings.model_fields["connect_metrics_port"].default)
+    assert "./monitoring/jmx:/etc/crypto/jmx:ro" in connect["volumes"]
 
 
 def test_connect_and_its_users_log_in_to_the_rest_api(compose):
@@ -402,3 +499,367 @@ def test_the_redis_acl_command_writes_the_file(tmp_path, monkeypatch, compose):
     assert redis_acl.main(["redis_acl", str(path)]) == 0
     assert path.read_text().splitlines() == redis_acl.acl_lines(settings)
     assert redis_acl.main(["redis_acl"]) == 2
+
+
+# ---- monitoring: the native services, configs and logins ------------------------------------------------
+
+MONITORING = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter")
+PEOPLE_PASSWORD, SCRAPE_PASSWORD, WEBHOOK = "people-Pa55word", "scrape-Pa55word", "https://hooks.example/T0/B0/x"
+
+
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(f"compose_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def render():
+    return load_module(ROOT / "docker/monitoring/render.py")
+
+
+@pytest.fixture(scope="module")
+def relay():
+    return load_module(ROOT / "docker/monitoring/relay.py")
+
+
+def monitoring_settings(**values) -> Settings:
+    """The settings init loads: every secret withheld but the monitoring ones."""
+    secrets = {name.lower(): "withheld-from-this-container" for name in REQUIRED}
+    return Settings(_env_file=None, **{**secrets, "monitoring_password": PEOPLE_PASSWORD,
+                                       "metrics_password": SCRAPE_PASSWORD, **values})
+
+
+@pytest.fixture(scope="module")
+def rendered(render, tmp_path_factory) -> Path:
+    """What init writes: one folder per volume."""
+    root = tmp_path_factory.mktemp("monitoring")
+    render.render_all(monitoring_settings(alert_webhook_url=WEBHOOK), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> dict:
+    """The native stack's Prometheus and Alertmanager configs, as ops.monitoring writes them at start."""
+    settings = monitoring_settings(alert_webhook_url=WEBHOOK, var_dir=tmp_path_factory.mktemp("var"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(monitoring, "debian_binary", lambda name: name)
+        for service in (monitoring.Prometheus, monitoring.Alertmanager):
+            patch.setattr(service, "spawn", lambda *args, **kwargs: None)
+            service(settings).start()
+    folder = settings.var_dir / "monitoring"
+    return {name: yaml.safe_load((folder / f"{name}.yml").read_text()) for name in ("prometheus", "alertmanager")}
+
+
+def flag(service: dict, name: str) -> str:
+    [value] = [arg.split("=", 1)[1] for arg in service["command"] if arg.startswith(f"{name}=")]
+    return value
+
+
+def test_monitoring_images_are_exact_releases(compose):
+    for name in MONITORING:
+        image = compose["services"][name]["image"]
+        assert re.fullmatch(r"\$\{\w+_IMAGE:-[\w./-]+:v\d+\.\d+\.\d+\}", image), image
+
+
+def test_monitoring_listens_on_the_native_ports_inside_too(compose):
+    # The container ports are the native defaults: Prometheus' targets and the relay use them.
+    fields = {name: f"{name.replace('-', '_')}_port" for name in (*MONITORING, "monitor")}
+    fields.update({f: f"{metric_name(f)}_metrics_port" for f in FUNCTIONS})
+    for name, field in fields.items():
+        [(_, _, container)] = published(compose["services"][name])
+        assert container == Settings.model_fields[field].default, name
+        if name in MONITORING:
+            address = flag(compose["services"][name], "-web.listen-address" if name == "redis-exporter"
+                           else "--web.listen-address")
+            assert address == f":{container}", name
+
+
+def test_alertmanager_is_not_on_kafkas_controller_port(compose):
+    alertmanager = compose["services"]["alertmanager"]
+    [(_, host, container)] = published(alertmanager)
+    controller = Settings.model_fields["kafka_controller_port"].default
+    listeners = compose["services"]["kafka"]["environment"]["KAFKA_LISTENERS"]
+    assert controller == 9093 and "CONTROLLER://0.0.0.0:9093" in listeners
+    assert container != controller and not host.endswith(f":-{controller}}}")
+    # No cluster: its gossip port would listen on every interface (9094 by default).
+    assert flag(alertmanager, "--cluster.listen-address") == ""
+
+
+def test_prometheus_keeps_its_data_as_natively(compose):
+    prometheus = compose["services"]["prometheus"]
+    for limit in ("time", "size"):
+        value = flag(prometheus, f"--storage.tsdb.retention.{limit}")
+        field = f"prometheus_retention_{limit}"
+        assert value == f"${{{field.upper()}:-{Settings.model_fields[field].default}}}"
+    assert f"prometheus-data:{flag(prometheus, '--storage.tsdb.path')}" in prometheus["volumes"]
+    assert "alertmanager-data:/alertmanager" in compose["services"]["alertmanager"]["volumes"]
+
+
+def test_prometheus_reads_the_native_rules(compose, render, rendered):
+    assert f"./monitoring/rules:{render.RULES_DIR}:ro" in compose["services"]["prometheus"]["volumes"]
+    config = yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())
+    [pattern] = config["rule_files"]
+    assert pattern.startswith(render.RULES_DIR + "/")
+    # The rules, not their unit tests (pipeline.test.yml).
+    matched = sorted(p.name for p in (ROOT / "monitoring/rules").glob(Path(pattern).name))
+    assert matched == ["pipeline.rules.yml"]
+
+
+def test_prometheus_serves_the_native_console_pages(compose):
+    prometheus = compose["services"]["prometheus"]
+    for option, native_dir in (("templates", monitoring.CONSOLES_DIR), ("libraries", monitoring.CONSOLE_LIBRARIES)):
+        folder = flag(prometheus, f"--web.console.{option}")
+        mounts = [v.split(":") for v in prometheus["volumes"] if v.startswith("./")]
+        [source] = [f"{host}{folder.removeprefix(target)}" for host, target, _ in mounts
+                    if folder == target or folder.startswith(target + "/")]
+        assert ROOT / source == native_dir, option
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus) not installed")
+def test_the_prometheus_config_passes_promtool(render, rendered, tmp_path):
+    # The rules at their place in the repository; promtool then checks them with the config.
+    config = tmp_path / "prometheus.yml"
+    config.write_text((rendered / "prometheus/prometheus.yml").read_text().replace(
+        render.RULES_DIR, str(ROOT / "monitoring/rules")))
+    result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
+    # The oracle can fail: an action Prometheus does not know.
+    config.write_text(config.read_text().replace("action: labeldrop", "action: labelforget"))
+    assert subprocess.run(["promtool", "check", "config", str(config)], capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool (Debian's prometheus-alertmanager) not installed")
+def test_the_alertmanager_config_passes_amtool(rendered):
+    result = subprocess.run(["amtool", "check-config", str(rendered / "alertmanager/alertmanager.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def jobs(config: dict) -> dict[str, dict]:
+    """Each job as Prometheus labels what it scrapes; the native `functions` job is one job per function (each
+    writes its target file with its own `job` label)."""
+    out = {}
+    for job in config["scrape_configs"]:
+        if "file_sd_configs" in job:
+            out.update({name: job for name in FUNCTIONS})
+        else:
+            out[job["job_name"]] = job
+    return out
+
+
+def test_prometheus_scrapes_the_native_jobs_at_compose_services(compose, rendered, native):
+    config = yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())
+    ours, theirs = jobs(config), jobs(native["prometheus"])
+    assert set(ours) == set(theirs)
+    for name, job in ours.items():
+        # The same login; Redis' exporter has one here (Debian's 1.45 has none).
+        expected = (theirs[name].get("basic_auth") or {"username": SCRAPE_USER})["username"]
+        assert job["basic_auth"]["username"] == expected, name
+        assert job["basic_auth"]["password_file"].startswith("/etc/crypto/"), name
+        # At a compose service, on the port it listens on: the one it publishes, or its JMX exporter agent's.
+        if "dns_sd_configs" in job:
+            [discovery] = job["dns_sd_configs"]
+            [host], port = discovery["names"], discovery["port"]
+        else:
+            [[target]] = [c["targets"] for c in job["static_configs"]]
+            host, port = target.split(":")
+        service = "prometheus" if host == "localhost" else host
+        listens = [Settings.model_fields[JVMS[service][1]].default] if name in JVMS else \
+            [container for _, _, container in published(compose["services"][service])]
+        assert listens == [int(port)], name
+    assert {f: ours[f]["static_configs"][0]["targets"][0].split(":")[0] for f in FUNCTIONS} == {f: f for f in FUNCTIONS}
+    # Only with `--profile flink`: found by name, no target without it.
+    assert {n for n, j in ours.items() if "dns_sd_configs" in j} == {
+        n for n, s in compose["services"].items() if "flink" in s.get("profiles", []) and n in JVMS}
+    [alertmanager] = config["alerting"]["alertmanagers"]
+    port = published(compose["services"]["alertmanager"])[0][2]
+    assert alertmanager["static_configs"] == [{"targets": [f"alertmanager:{port}"]}]
+
+
+def test_the_monitor_reports_only_services_it_can_probe(render, rendered):
+    # Its services metrics keep those it reaches from its container, all of them native services' names.
+    names = {service.name for service in NativeStack(monitoring_settings()).services}
+    assert set(render.PROBED_SERVICES) <= names
+    [monitor] = [j for j in yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())["scrape_configs"]
+                 if j["job_name"] == "monitor"]
+    keep, drop, _ = monitor["metric_relabel_configs"]
+    assert keep["regex"] == "|".join(render.PROBED_SERVICES)
+    assert drop["action"] == "drop" and drop["regex"].startswith("cryptopipe_service_")
+
+
+def normalized(value):
+    """A config with its file paths by file name only, and the monitor's address as `monitor`."""
+    if isinstance(value, dict):
+        return {k: Path(v).name if k.endswith("_file") else normalized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"^http://(127\.0\.0\.1|monitor):(\d+)/alerts$", r"http://monitor:\2/alerts", value)
+    return value
+
+
+def test_alertmanager_is_configured_as_natively(compose, rendered, native):
+    ours = yaml.safe_load((rendered / "alertmanager/alertmanager.yml").read_text())
+    assert normalized(ours) == normalized(native["alertmanager"])
+    [receiver] = ours["receivers"]
+    [webhook] = receiver["webhook_configs"]
+    assert webhook["url"] == f"http://monitor:{published(compose['services']['monitor'])[0][2]}/alerts"
+    assert webhook["http_config"]["basic_auth"]["username"] == SCRAPE_USER
+
+
+def test_without_a_webhook_alertmanager_only_notifies_the_monitor(render, tmp_path):
+    render.render_all(monitoring_settings(alert_webhook_url=WEBHOOK), tmp_path)
+    render.render_all(monitoring_settings(), tmp_path)
+    assert not (tmp_path / "alertmanager/webhook.url").exists()
+    [receiver] = yaml.safe_load((tmp_path / "alertmanager/alertmanager.yml").read_text())["receivers"]
+    assert "slack_configs" not in receiver
+
+
+def test_init_writes_each_monitoring_service_its_own_volume(compose, render):
+    init = compose["services"]["init"]
+    [folder] = re.findall(r"python docker/monitoring/render\.py (\S+)", init["command"][-1])
+    assert init["command"][-1].index("render.py") < init["command"][-1].index("ops.stack prepare")
+    # The volume init writes each folder into, and its mount point, owned by the image's user so init may write.
+    volumes = {target.removeprefix(f"{folder}/"): volume
+               for volume, target in (v.split(":") for v in init["volumes"]) if target.startswith(f"{folder}/")}
+    assert set(volumes) == set(render.VOLUMES.values())
+    dockerfile = (ROOT / "docker/python/Dockerfile").read_text().replace("\\\n", " ")
+    for volume_folder in volumes:
+        assert re.search(rf"chown nobody [^\n]*{folder}/{volume_folder}\b", dockerfile), volume_folder
+    for name, volume_folder in render.VOLUMES.items():
+        service = compose["services"][name]
+        # Its own volume, read-only, and none of another service's.
+        assert f"{volumes[volume_folder]}:{render.SECRETS_DIR}:ro" in service["volumes"], name
+        assert {v.split(":")[0] for v in service["volumes"]} & set(volumes.values()) == {volumes[volume_folder]}, name
+        assert service["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    for name in ("prometheus", "alertmanager", "node-exporter", "postgres-exporter"):
+        assert flag(compose["services"][name], "--web.config.file") == f"{render.SECRETS_DIR}/web.yml", name
+    assert flag(compose["services"]["prometheus"], "--config.file") == f"{render.SECRETS_DIR}/prometheus.yml"
+    assert flag(compose["services"]["alertmanager"], "--config.file") == f"{render.SECRETS_DIR}/alertmanager.yml"
+
+
+def test_the_logins_init_writes(rendered):
+    settings = monitoring_settings()
+    logins = {"prometheus": (settings.monitoring_user, PEOPLE_PASSWORD),
+              "alertmanager": (settings.monitoring_user, PEOPLE_PASSWORD), "exporters": (SCRAPE_USER, SCRAPE_PASSWORD)}
+    for folder, (user, password) in logins.items():
+        [(name, digest)] = yaml.safe_load((rendered / folder / "web.yml").read_text())["basic_auth_users"].items()
+        assert name == user and bcrypt.checkpw(password.encode(), digest.encode()), folder
+    assert (rendered / "prometheus/monitoring.password").read_text() == PEOPLE_PASSWORD
+    for folder in ("prometheus", "alertmanager"):
+        assert (rendered / folder / "metrics.password").read_text() == SCRAPE_PASSWORD
+    assert (rendered / "alertmanager/webhook.url").read_text() == WEBHOOK
+    for path in rendered.rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+            if path.suffix == ".yml":
+                assert PEOPLE_PASSWORD not in path.read_text() and SCRAPE_PASSWORD not in path.read_text(), path
+
+
+def test_the_exporters_log_in_as_their_own_users(compose, render, rendered):
+    postgres = compose["services"]["postgres-exporter"]["environment"]
+    assert postgres["DATA_SOURCE_USER"] == Settings.PG_ROLES["monitor"]
+    assert postgres["DATA_SOURCE_PASS"] == "${PG_MONITOR_PASSWORD:?set it in .env}"
+    assert postgres["DATA_SOURCE_URI"].startswith(f"postgres:5432/{Settings.model_fields['pg_database'].default}?")
+    redis = compose["services"]["redis-exporter"]
+    assert flag(redis, "-redis.user") == Settings.REDIS_USERS["monitor"]
+    # Its Redis password only for our Redis' address, from init's file, readable by the user it runs as.
+    passwords = json.loads((rendered / "redis-exporter/passwords.json").read_text())
+    assert list(passwords) == [flag(redis, "-redis.addr")] == [render.REDIS_ADDRESS]
+    assert flag(redis, "-redis.password-file") == f"{render.SECRETS_DIR}/passwords.json"
+    assert not any(arg.startswith("-redis.password=") for arg in redis["command"])
+    assert redis["user"] == "65534:65534" and flag(redis, "-config-command") == "-"
+    assert redis["environment"] == {"REDIS_EXPORTER_BASIC_AUTH_USERNAME": SCRAPE_USER,
+                                    "REDIS_EXPORTER_BASIC_AUTH_PASSWORD": "${METRICS_PASSWORD:?set it in .env}"}
+
+
+def test_the_metrics_of_the_python_containers_go_through_the_relay(compose):
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in (*FUNCTIONS, "monitor"):
+        service = compose["services"][name]
+        python, path, field, *command = service["command"]
+        assert (python, path) == ("python", "docker/monitoring/relay.py"), name
+        # The port the relay opens is the one the process serves on, the one published and scraped.
+        assert Settings.model_fields[field].default == published(service)[0][2], name
+        assert command == ["-m", "ops.monitor"] if name == "monitor" else command[0] in scripts, name
+        assert service["environment"]["METRICS_PASSWORD"] == "${METRICS_PASSWORD:?set it in .env}", name
+    # The monitor reads the source's status (the symbols it follows) where the source writes it.
+    source, monitor = compose["services"]["source"], compose["services"]["monitor"]
+    run_dir = f"{source['environment']['VAR_DIR']}/run"
+    assert monitor["environment"]["VAR_DIR"] == source["environment"]["VAR_DIR"]
+    assert f"function-status:{run_dir}" in source["volumes"] and f"function-status:{run_dir}:ro" in monitor["volumes"]
+    assert re.search(rf"chown nobody [^\n]*{run_dir}\b", (ROOT / "docker/python/Dockerfile").read_text()
+                     .replace("\\\n", " "))
+
+
+def test_the_relay_opens_a_loopback_port_to_the_network(relay):
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"cryptopipe_up 1\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metrics)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # 127.0.0.2 stands for the container's address: another address than 127.0.0.1, on the same port.
+    listener = relay.start_relay(port, "127.0.0.2")
+    try:
+        assert urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5).read() == b"cryptopipe_up 1\n"
+        server.shutdown()
+        server.server_close()
+        # Nothing serves behind it any more: closed without an answer, as a stopped process's port would be.
+        with pytest.raises((OSError, http.client.HTTPException)):
+            urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5).read()
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("service", ["kafka", "flink-jobmanager", "flink-taskmanager"])
+def test_the_jvms_start_with_the_agent(compose, service, tmp_path):
+    # The service's command as its shell gets it, run here with the script from the repository; the image's own
+    # start script replaced by one that shows what it would start with.
+    definition = compose["services"][service]
+    command = definition["command"][-1].replace("$$", "$").replace("/etc/crypto/jmx-agent.sh",
+                                                                    str(ROOT / "docker/monitoring/jmx-agent.sh"))
+    start, args = re.search(r"exec (\S+)(.*)$", command).groups()
+    command = command.replace(f"exec {start}", "exec env #")
+    env = {"PATH": os.environ["PATH"], "METRICS_PASSWORD": JMX_PASSWORD, "JMX_RULES_DIR": str(ROOT / "monitoring/jmx"),
+           "JMX_CONFIG_DIR": str(tmp_path), "FLINK_PROPERTIES": "parallelism.default: 1\n"}
+    shown = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, check=True).stdout
+    assert f"{JMX_PASSWORD}" not in shown  # no process of the service keeps it in its environment
+    rules, field = JVMS[service]
+    [agent] = re.findall(r"-javaagent:\S+", shown)
+    assert_agent(agent, rules, Settings.model_fields[field].default, tmp_path)
+    assert definition["environment"]["METRICS_PASSWORD"] == "${METRICS_PASSWORD:?set it in .env}"
+    assert "./monitoring/jmx:/etc/crypto/jmx:ro" in definition["volumes"]
+    if service == "kafka":
+        assert (start, args) == ("/etc/kafka/docker/run", "") and re.search(r"^KAFKA_OPTS=-javaagent:", shown, re.M)
+    else:
+        role = service.removeprefix("flink-")
+        assert (start, args) == ("/docker-entrypoint.sh", f" {role}")
+        # A line of its own in the config the entrypoint writes, after the shared ones.
+        assert re.search(rf"^FLINK_PROPERTIES=parallelism.default: 1\n\nenv.java.opts.{role}: -javaagent:", shown, re.M)
+
+
+def test_the_jvm_images_carry_the_agent_of_the_native_pom():
+    for image in ("kafka", "connect", "flink"):
+        dockerfile = (ROOT / f"docker/{image}/Dockerfile").read_text()
+        assert "-f stack/java/pom.xml -P metrics package" in dockerfile, image
+        assert "/opt/jmx/jmx_prometheus_javaagent.jar" in dockerfile and "docker/monitoring/jmx-agent.sh" in dockerfile
+    ignore = (ROOT / "docker/flink/Dockerfile.dockerignore").read_text().split()
+    assert {"!stack/java/pom.xml", "!docker/monitoring/jmx-agent.sh"} <= set(ignore)
+    # Flink publishes its metrics as MBeans for the agent, as natively.
+    assert "metrics.reporter.jmx.factory.class: org.apache.flink.metrics.jmx.JMXReporterFactory" in (
+        ROOT / "docker-compose.yaml").read_text()
+

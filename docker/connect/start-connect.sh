@@ -1,7 +1,8 @@
 #!/bin/bash
 # The native worker config plus what differs in a container (bootstrap address, REST listener, plugin path) and the
 # logins ops/services.py's Connect.start adds natively: the worker and the producers, consumers and admin clients
-# it makes for the connectors log in to Kafka as kafka-connect (SCRAM), and the REST API asks for HTTP basic auth.
+# it makes for the connectors log in to Kafka as kafka-connect (SCRAM), the REST API asks for HTTP basic auth, and the
+# JMX exporter agent serves the worker's metrics behind the scrapers' login.
 set -euo pipefail
 # Overridable only so that tests/test_compose.py can run this script outside the image.
 etc=${CONNECT_ETC_DIR:-/etc/crypto}
@@ -30,8 +31,10 @@ done
 printf '%s: %s\n' "$CONNECT_REST_USER" "$CONNECT_REST_PASSWORD" > "$users"
 module=org.apache.kafka.connect.rest.basic.auth.extension.PropertyFileLoginModule
 printf 'KafkaConnect {\n  %s required file="%s";\n};\n' "$module" "$users" > "$jaas"
+# Its metrics: the JMX exporter agent (monitoring/jmx/connect.yml) behind the scrapers' login, on CONNECT_METRICS_PORT.
+agent=$(JMX_CONFIG_DIR=$run bash "$etc/jmx-agent.sh" connect "$CONNECT_METRICS_PORT")
 # The files hold them now; the worker's environment need not.
-unset KAFKA_CONNECT_PASSWORD CONNECT_REST_PASSWORD
-export KAFKA_OPTS="-Djava.security.auth.login.config=$jaas ${KAFKA_OPTS:-}"
+unset KAFKA_CONNECT_PASSWORD CONNECT_REST_PASSWORD METRICS_PASSWORD
+export KAFKA_OPTS="-Djava.security.auth.login.config=$jaas $agent ${KAFKA_OPTS:-}"
 export KAFKA_LOG4J_OPTS="-Dlog4j2.configurationFile=$etc/log4j2.properties"
 exec "$kafka_home/bin/connect-distributed.sh" "$conf"
