@@ -1,9 +1,9 @@
 """Metrics for Prometheus: an HTTP endpoint behind the scrapers' login, and the functions' counters as metrics.
 
-Every process the stack scrapes (the functions, ops.monitor) serves GET /metrics on 127.0.0.1 with HTTP basic
-authentication: user `prometheus`, password METRICS_PASSWORD. A function also writes a target file into
-var/monitoring/targets while it runs, so Prometheus scrapes exactly the functions that were started (file-based
-discovery): a function never started has no target, one killed without cleanup shows as down.
+Every process the stack scrapes (the functions, ops.monitor) serves GET /metrics on METRICS_HOST (127.0.0.1 by
+default) with HTTP basic authentication: user `prometheus`, password METRICS_PASSWORD. A function also writes a
+target file into var/monitoring/targets while it runs, so Prometheus scrapes exactly the functions that were started
+(file-based discovery): a function never started has no target, one killed without cleanup shows as down.
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def guarded(app: Callable, password: str) -> Callable:
 
 
 def serve(settings: Settings, port: int, app: Callable) -> WSGIServer:
-    """Serves `app` (behind the login) on 127.0.0.1:`port` from a daemon thread; returns the server."""
-    server = make_server("127.0.0.1", port, guarded(app, settings.metrics_password.get_secret_value()),
+    """Serves `app` (behind the login) on METRICS_HOST (127.0.0.1 by default) at `port` from a daemon thread; returns
+    the server."""
+    server = make_server(settings.metrics_host, port, guarded(app, settings.metrics_password.get_secret_value()),
                          server_class=Server, handler_class=QuietHandler)
     threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True).start()
     return server

@@ -5,6 +5,7 @@ Defaults work for the native stack on one machine. `.env.example` documents ever
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal
 from functools import lru_cache
@@ -254,6 +255,11 @@ class Settings(BaseSettings):
     source_metrics_port: Port = 9111
     redis_sink_metrics_port: Port = 9112
     alert_notifier_metrics_port: Port = 9113
+    # The address the functions and ops.monitor serve their metrics on: an IPv4 address (the server is IPv4 only).
+    # Natively loopback: other accounts on this host are not trusted. docker-compose sets 0.0.0.0, the container's
+    # own interfaces on the compose network, so that Prometheus (another container) can scrape; still behind the
+    # scrapers' login, and published to the host on 127.0.0.1 only, like every port there.
+    metrics_host: str = "127.0.0.1"
     monitoring_user: str = Field(default="operator", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     monitoring_password: SecretStr
     metrics_password: SecretStr
@@ -304,6 +310,16 @@ class Settings(BaseSettings):
         # bcrypt reads 72 bytes at most: a longer password would be checked on its first 72 only.
         if len(value.get_secret_value()) > 72:
             raise ValueError("must be at most 72 characters (bcrypt's limit)")
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _ipv4_address(cls, value: str) -> str:
+        # An address to bind, never a name to resolve (nor anything else that would reach the server's call).
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"expected an IPv4 address such as 127.0.0.1 or 0.0.0.0, got {value!r}") from None
         return value
 
     @field_validator("alert_move_pct_symbols", "alert_quote_volume_symbols")

@@ -3,7 +3,6 @@ services, ports, variables, config files and logins as the native stack, each co
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import os
@@ -12,11 +11,8 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.request import urlopen
 
 import bcrypt
 import pytest
@@ -183,8 +179,7 @@ def test_functions_run_the_console_scripts_the_project_installs(compose):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     for name in ("source", "redis-sink", "alert-notifier", "replay"):
         service = compose["services"][name]
-        # The functions that serve metrics run under the relay (below): the script is its last argument.
-        script = service["command"][-1] if name in FUNCTIONS else service["command"][0]
+        script = service["command"][0]
         assert script in scripts, name
         module = scripts[script].split(":")[0]
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
@@ -519,11 +514,6 @@ def render():
     return load_module(ROOT / "docker/monitoring/render.py")
 
 
-@pytest.fixture(scope="module")
-def relay():
-    return load_module(ROOT / "docker/monitoring/relay.py")
-
-
 def monitoring_settings(**values) -> Settings:
     """The settings init loads: every secret withheld but the monitoring ones."""
     secrets = {name.lower(): "withheld-from-this-container" for name in REQUIRED}
@@ -564,7 +554,7 @@ def test_monitoring_images_are_exact_releases(compose):
 
 
 def test_monitoring_listens_on_the_native_ports_inside_too(compose):
-    # The container ports are the native defaults: Prometheus' targets and the relay use them.
+    # The container ports are the native defaults: Prometheus' targets use them.
     fields = {name: f"{name.replace('-', '_')}_port" for name in (*MONITORING, "monitor")}
     fields.update({f: f"{metric_name(f)}_metrics_port" for f in FUNCTIONS})
     for name, field in fields.items():
@@ -776,18 +766,29 @@ def test_the_exporters_log_in_as_their_own_users(compose, render, rendered):
                                     "REDIS_EXPORTER_BASIC_AUTH_PASSWORD": "${METRICS_PASSWORD:?set it in .env}"}
 
 
-def test_the_metrics_of_the_python_containers_go_through_the_relay(compose):
-    import tomllib
+# The Python containers that serve metrics, and their plain commands (as natively: no wrapper).
+METRICS_COMMANDS = {"source": ["binance-source"], "redis-sink": ["redis-sink"], "alert-notifier": ["alert-notifier"],
+                    "monitor": ["python", "-m", "ops.monitor"]}
 
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    for name in (*FUNCTIONS, "monitor"):
+
+def test_the_python_containers_serve_their_metrics_on_the_container_network(compose):
+    assert set(METRICS_COMMANDS) == {*FUNCTIONS, "monitor"}
+    fields = {"monitor": "monitor_port", **{f: f"{metric_name(f)}_metrics_port" for f in FUNCTIONS}}
+    for name, command in METRICS_COMMANDS.items():
         service = compose["services"][name]
-        python, path, field, *command = service["command"]
-        assert (python, path) == ("python", "docker/monitoring/relay.py"), name
-        # The port the relay opens is the one the process serves on, the one published and scraped.
-        assert Settings.model_fields[field].default == published(service)[0][2], name
-        assert command == ["-m", "ops.monitor"] if name == "monitor" else command[0] in scripts, name
+        assert service["command"] == command, name
+        # The process itself listens on the container's interfaces, so Prometheus (another container) reaches it;
+        # still behind the scrapers' login.
+        assert service["environment"]["METRICS_HOST"] == "0.0.0.0", name
         assert service["environment"]["METRICS_PASSWORD"] == "${METRICS_PASSWORD:?set it in .env}", name
+        # On its native port, published to the host on 127.0.0.1 only.
+        [(ip, _, container)] = published(service)
+        assert (ip, container) == ("127.0.0.1", Settings.model_fields[fields[name]].default), name
+    # No other container opens its metrics to the network, and no setting passes it through to all.
+    others = {name for name, s in compose["services"].items() if "METRICS_HOST" in (s.get("environment") or {})}
+    assert others == set(METRICS_COMMANDS)
+    assert "METRICS_HOST" not in compose["x-settings"]
+    assert monitoring_settings(metrics_host="0.0.0.0").metrics_host == "0.0.0.0"  # a value the settings accept
     # The monitor reads the source's status (the symbols it follows) where the source writes it.
     source, monitor = compose["services"]["source"], compose["services"]["monitor"]
     run_dir = f"{source['environment']['VAR_DIR']}/run"
@@ -795,34 +796,6 @@ def test_the_metrics_of_the_python_containers_go_through_the_relay(compose):
     assert f"function-status:{run_dir}" in source["volumes"] and f"function-status:{run_dir}:ro" in monitor["volumes"]
     assert re.search(rf"chown nobody [^\n]*{run_dir}\b", (ROOT / "docker/python/Dockerfile").read_text()
                      .replace("\\\n", " "))
-
-
-def test_the_relay_opens_a_loopback_port_to_the_network(relay):
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"cryptopipe_up 1\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Metrics)
-    port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    # 127.0.0.2 stands for the container's address: another address than 127.0.0.1, on the same port.
-    listener = relay.start_relay(port, "127.0.0.2")
-    try:
-        assert urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5).read() == b"cryptopipe_up 1\n"
-        server.shutdown()
-        server.server_close()
-        # Nothing serves behind it any more: closed without an answer, as a stopped process's port would be.
-        with pytest.raises((OSError, http.client.HTTPException)):
-            urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5).read()
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("service", ["kafka", "flink-jobmanager", "flink-taskmanager"])
