@@ -17,6 +17,15 @@ from confluent_kafka.admin import (
 from cryptopipe.topics import Topic
 
 
+def records_held(consumer: Consumer, topic: str, partitions, timeout: float = 5.0) -> int:
+    """Records the topic retains: per partition, its end offset minus its first retained offset."""
+    held = 0
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        held += high - low
+    return held
+
+
 def ensure_topics(admin: AdminClient, topics: tuple[Topic, ...], timeout: float = 30.0) -> dict[str, str]:
     """Create missing topics, add missing partitions, align configs. Returns {topic: what was done}."""
     existing = admin.list_topics(timeout=timeout).topics

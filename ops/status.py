@@ -12,7 +12,7 @@ from collections import Counter
 
 import redis
 import requests
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +24,7 @@ from ops.airflow import AirflowClient
 from ops.dag_schedule import lateness
 from ops.connectors import all_statuses, load_configs
 from ops.db import newest_per_symbol, table_counts
-from ops.kafka_admin import LagProbe
+from ops.kafka_admin import LagProbe, records_held
 from ops.monitoring import people_login
 from ops.process import StackError, tree_rss_mb
 from ops.stack import NativeStack
@@ -97,10 +97,7 @@ def topic_table(stack: NativeStack) -> Table:
                 table.add_row(topic.name, "-", "[red]missing[/red]")
                 continue
             parts = present[topic.name].partitions
-            records = 0
-            for p in parts:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=5)
-                records += high - low
+            records = records_held(consumer, topic.name, parts)
             shown = f"{records:,}"
             if topic.dead_letter and records:
                 shown = f"[red]{records:,}[/red]"
@@ -161,11 +158,20 @@ def freshness_table(stack: NativeStack) -> Table:
     for col in ("symbol", "trade in PostgreSQL", "candle in PostgreSQL", "price in Redis", "Redis stale"):
         table.add_column(col, justify="left" if col == "symbol" else "right")
     for symbol, last_trade, last_candle in rows:
-        price = client.hgetall(f"price:{symbol}")
-        redis_t = int(price["trade_time"]) / 1000 if price.get("trade_time") else None
+        redis_t, stale = redis_price(client, symbol)
         table.add_row(symbol, age(last_trade), age(last_candle),
-                      age(redis_t), {"1": "[yellow]yes[/yellow]", "0": "no"}.get(price.get("stale", ""), "-"))
+                      age(redis_t), {True: "[yellow]yes[/yellow]", False: "no"}.get(stale, "-"))
     return table
+
+
+def redis_price(client: redis.Redis, symbol: str) -> tuple[float | None, bool | None]:
+    """(event time of the symbol's price in Redis in epoch seconds, whether the sink marked it stale); None
+    for what is not there."""
+    price = client.hgetall(f"price:{symbol}")
+    price = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in price.items()}
+    when = int(price["trade_time"]) / 1000 if price.get("trade_time") else None
+    return when, {"1": True, "0": False}.get(price.get("stale", ""))
 
 
 def connect_tables(stack: NativeStack) -> list[Table]:
