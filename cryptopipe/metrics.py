@@ -39,18 +39,28 @@ def metric_name(component: str) -> str:
 
 class CountersCollector(Collector):
     """A function's Counters (cryptopipe.run) read at scrape time: each counter becomes
-    cryptopipe_<component>_<name>_total and each gauge cryptopipe_<component>_<name>. Nothing is added to the
-    hot path: the counters are counted already."""
+    cryptopipe_<component>_<name>_total, each gauge cryptopipe_<component>_<name> (with its labels), each latency
+    its histogram. Nothing is added to the hot path: the counters are counted already."""
 
     def __init__(self, counters):
         self.counters = counters
 
     def collect(self) -> Iterable:
         prefix = f"cryptopipe_{metric_name(self.counters.name)}_"
+
+        def doc(name: str) -> str:
+            return f"{self.counters.name}: {name.replace('_', ' ')}"
+
         for name, value in sorted(self.counters.snapshot().items()):
-            yield CounterMetricFamily(prefix + name, f"{self.counters.name}: {name.replace('_', ' ')}", value=value)
-        for name, value in sorted(self.counters.gauges().items()):
-            yield GaugeMetricFamily(prefix + name, f"{self.counters.name}: {name.replace('_', ' ')}", value=value)
+            yield CounterMetricFamily(prefix + name, doc(name), value=value)
+        gauges: dict[str, GaugeMetricFamily] = {}
+        for (name, labels), value in sorted(self.counters.gauges().items()):
+            if name not in gauges:
+                gauges[name] = GaugeMetricFamily(prefix + name, doc(name), labels=[k for k, _ in labels])
+            gauges[name].add_metric([v for _, v in labels], value)
+        yield from gauges.values()
+        for latency in list(self.counters.latencies.values()):
+            yield from latency.collect()
 
 
 class Server(ThreadingMixIn, WSGIServer):

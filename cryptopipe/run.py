@@ -11,9 +11,15 @@ import time
 from collections import Counter
 from typing import Callable, Protocol
 
+from prometheus_client import Histogram
+
 from cryptopipe.logs import setup_logging
 from cryptopipe.metrics import start_function_metrics
 from cryptopipe.settings import Settings, load_settings
+
+
+# Seconds, from a Redis write on loopback (a millisecond) to an exchange request that waited out its timeouts.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Function(Protocol):
@@ -47,21 +53,32 @@ class Counters:
         self.describe = describe or (lambda status: f"counters: {status['counters']}")
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
-        self.levels: dict[str, float] = {}
+        self.levels: dict[tuple[str, tuple], float] = {}  # (name, ((label, value), ...)) -> level
+        self.latencies: dict[str, Histogram] = {}
         self.last_report = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
 
-    def set(self, name: str, value: float) -> None:
-        """A level rather than a count (symbols followed, say): a gauge in the function's metrics."""
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """A level rather than a count (symbols followed, a symbol's lag): a gauge in the function's metrics."""
         with self.lock:
-            self.levels[name] = value
+            self.levels[(name, tuple(sorted(labels.items())))] = value
 
-    def gauges(self) -> dict[str, float]:
+    def gauges(self) -> dict[tuple[str, tuple], float]:
         with self.lock:
             return dict(self.levels)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """One latency (a request, a write): histogram cryptopipe_<function>_<name>_seconds."""
+        latency = self.latencies.get(name)
+        if latency is None:
+            with self.lock:
+                latency = self.latencies.setdefault(name, Histogram(
+                    f"cryptopipe_{self.name.replace('-', '_')}_{name}_seconds",
+                    f"{self.name}: {name.replace('_', ' ')}", registry=None, buckets=LATENCY_BUCKETS))
+        latency.observe(seconds)
 
     def __getitem__(self, name: str) -> int:
         return self.counts[name]

@@ -1,16 +1,55 @@
-"""The functions' metrics endpoint: where it listens (METRICS_HOST, loopback by default), and which values the
-setting takes. No services."""
+"""The functions' metrics as Prometheus reads them: counters, labelled gauges and latency histograms from a
+function's Counters, in the text format, checked against sums computed here; and where the endpoint listens
+(METRICS_HOST). No services."""
 
 from __future__ import annotations
 
+import logging
+import random
 import socket
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from cryptopipe.metrics import serve
+from cryptopipe.metrics import CountersCollector, serve
+from cryptopipe.run import LATENCY_BUCKETS, Counters
 from cryptopipe.settings import Settings, load_settings
 from tests.helpers import SECRETS
+
+
+def scrape(counters: Counters) -> dict[tuple[str, tuple], float]:
+    registry = CollectorRegistry()
+    registry.register(CountersCollector(counters))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_counters_gauges_and_latencies_reach_the_scrape(tmp_path):
+    counters = Counters(Settings(_env_file=None, **SECRETS, var_dir=tmp_path), "redis-sink", logging.getLogger("t"))
+    counters.count("price_writes", 7)
+    counters.count("price_writes", 5)
+    counters.set("symbols", 3)
+    counters.set("symbol_lag_seconds", 1.5, symbol="BTCUSDT")
+    counters.set("symbol_lag_seconds", 0.25, symbol="ETHBTC")
+    counters.set("symbol_lag_seconds", 2.0, symbol="BTCUSDT")  # a level: the newest wins
+    latencies = [random.uniform(0, 0.2) for _ in range(500)] + [45.0]
+    for seconds in latencies:
+        counters.observe("write", seconds)
+
+    got = scrape(counters)
+    assert got[("cryptopipe_redis_sink_price_writes_total", ())] == 12
+    assert got[("cryptopipe_redis_sink_symbols", ())] == 3
+    assert got[("cryptopipe_redis_sink_symbol_lag_seconds", (("symbol", "BTCUSDT"),))] == 2.0
+    assert got[("cryptopipe_redis_sink_symbol_lag_seconds", (("symbol", "ETHBTC"),))] == 0.25
+    assert got[("cryptopipe_redis_sink_write_seconds_count", ())] == len(latencies)
+    assert abs(got[("cryptopipe_redis_sink_write_seconds_sum", ())] - sum(latencies)) < 1e-6
+    for bound in LATENCY_BUCKETS:
+        le = (("le", str(float(bound))),)
+        assert got[("cryptopipe_redis_sink_write_seconds_bucket", le)] == sum(1 for x in latencies if x <= bound)
+    assert got[("cryptopipe_redis_sink_write_seconds_bucket", (("le", "+Inf"),))] == len(latencies)
 
 
 def free_port() -> int:

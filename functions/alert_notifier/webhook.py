@@ -91,6 +91,7 @@ class Webhook:
                 return Outcome("abandoned", attempt)
             attempt += 1
             wait = status = None
+            started = time.monotonic()
             try:
                 answer = self.session().post(
                     s.alert_webhook_url, json=job.payload, headers={"X-Alert-Id": job.alert.alert_id},
@@ -101,6 +102,7 @@ class Webhook:
                 problem = f"connection failed ({type(err).__name__})"
             else:
                 status = answer.status_code
+                self.counters.observe("webhook_request", time.monotonic() - started)
                 if 200 <= status < 300:
                     self.on_delivered(job.alert)
                     return Outcome("delivered", attempt, status=status)

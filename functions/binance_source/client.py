@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -116,9 +117,11 @@ def exchange_info(info: object) -> tuple[set[str], int | None]:
 
 
 class BinanceClient:
-    def __init__(self, base_url: str, gate: WeightGate, connect_timeout: float, read_timeout: float):
+    def __init__(self, base_url: str, gate: WeightGate, connect_timeout: float, read_timeout: float,
+                 observe: Callable[[float], None] = lambda seconds: None):
         self.base_url = base_url.rstrip("/")
         self.gate = gate
+        self.observe = observe  # each request's time on the wire (not its wait for weight), answered or not
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "crypto-pipeline-source/0.1"
@@ -129,10 +132,13 @@ class BinanceClient:
         if self.gate.stopping.is_set():
             raise TransientError("shutting down")
         url = f"{self.base_url}{path}"
+        started = time.monotonic()
         try:
             resp = self.session.get(url, params=params, timeout=self.timeout)
         except requests.RequestException as err:  # timeouts, refused or reset connections, a body cut short
             raise TransientError(f"{type(err).__name__} on {path}: {err}") from err
+        finally:
+            self.observe(time.monotonic() - started)
         now = time.time()
         self.gate.record(resp.headers.get(WEIGHT_HEADER), weight, now)
         if resp.status_code in (429, 418):

@@ -58,7 +58,8 @@ class BinanceSource:
         self.gate = WeightGate(settings.binance_weight_limit, settings.binance_weight_share,
                                settings.binance_weight_window_s)
         self.client = BinanceClient(settings.binance_base_url, self.gate, settings.binance_connect_timeout_s,
-                                    settings.binance_read_timeout_s)
+                                    settings.binance_read_timeout_s,
+                                    lambda seconds: self.counters.observe("binance_request", seconds))
         self.producer = producer or trades_producer(settings)
         self.states: dict[str, SymbolState] = {}
         self.delivery = Delivery(settings, self.states, self.counters, self.producer, self.dead_letter,
@@ -289,7 +290,10 @@ class BinanceSource:
 
     def report(self, force: bool = False) -> None:
         self.delivery.settle()
-        self.counters.report(self.status, force=force)
+        status = self.counters.report(self.status, force=force)
+        for symbol, st in (status or {}).get("symbols", {}).items():  # the status file's lags, as gauges too
+            if st["lag_ms"] is not None:
+                self.counters.set("symbol_lag_seconds", st["lag_ms"] / 1000, symbol=symbol)
 
     def stop(self, *_args) -> None:
         self.stopping = True

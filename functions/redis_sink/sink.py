@@ -79,7 +79,9 @@ class RedisSink:
     def write(self, trades: dict[str, list[dict]], candles: dict[str, dict]) -> None:
         """One pipeline for the whole batch: per symbol, its newest trade (with the others for the history)
         and its newest candle, each through the newer-only script."""
+        started = time.monotonic()
         written = self.writer.write(trades, candles)
+        self.counters.observe("write", time.monotonic() - started)
         self.counters.count("price_writes", written)
         self.counters.count("stale_skips", len(trades) - written)
 
