@@ -6,7 +6,8 @@ Every SCRAPE_INTERVAL_S it reads each part on its own (one that does not answer 
 shows as cryptopipe_monitor_read_ok{part} 0): services' readiness and their supervisors' restarts; consumer
 lag of every group (LagProbe: the group's own Consumer, never an AdminClient offset fetch); dead-letter topics'
 depth, and the new dead letters by kind; connector states and the watchdog's restarts; the Flink job; freshness
-per symbol. GET /metrics serves the last reading, behind the scrapers' login.
+per symbol; Airflow's health, DAG runs and failed tasks. GET /metrics serves the last reading, behind the
+scrapers' login.
 
 It is also Alertmanager's receiver: POST /alerts (same login) writes each notification as a line of
 logs/alerts.log, so alerts are on disk even where no ALERT_WEBHOOK_URL is set.
@@ -19,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 
 import redis
@@ -33,12 +35,12 @@ from cryptopipe.logs import setup_logging
 from cryptopipe.metrics import serve
 from cryptopipe.run import read_status
 from cryptopipe.settings import Settings, load_settings
-from ops import flink_deploy
+from ops import airflow, flink_deploy, functions_ctl
 from ops.connectors import all_statuses, is_running
 from ops.db import newest_per_symbol
-from ops.kafka_admin import LagProbe
+from ops.kafka_admin import LagProbe, records_held
 from ops.stack import NativeStack
-from ops.status import consumer_groups
+from ops.status import consumer_groups, redis_price
 
 log = logging.getLogger("monitor")
 MAX_ALERT_BODY = 1_000_000  # Alertmanager's notifications are a few kB; anything far larger is not one
@@ -87,13 +89,8 @@ class DeadLetterCounter:
     def depths(self) -> dict[str, int]:
         """Records held in each dead-letter topic (end offset minus first retained offset)."""
         meta = self.offsets.list_topics(timeout=5).topics
-        held = {}
-        for topic in self.topics:
-            held[topic] = 0
-            for p in (meta[topic].partitions if topic in meta else {}):
-                low, high = self.offsets.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                held[topic] += high - low
-        return held
+        return {topic: records_held(self.offsets, topic, meta[topic].partitions if topic in meta else {})
+                for topic in self.topics}
 
     def close(self) -> None:
         self.consumer.close()
@@ -122,6 +119,7 @@ class Monitor:
         self.notifications = {"firing": 0, "resolved": 0}
         self.failing_since: dict[str, float] = {}  # part -> when its readings began to fail
         self.checkpoint_baseline: dict[str, float] = {}  # Flink job id -> its failed checkpoints once running
+        self.airflow: airflow.AirflowClient | None = None
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -137,7 +135,14 @@ class Monitor:
             up.add_metric([svc.name], 1.0 if svc.is_up() else 0.0)
             status = svc.supervisor_status()
             restarts.add_metric([svc.name], float(status.get("restarts", 0)) if status else 0.0)
-        out += [up, restarts]
+        # The functions that run under their supervisors (`make start`); one stopped has no series.
+        function_restarts = CounterMetricFamily("cryptopipe_function_restarts", "restarts by the function's "
+                                                "supervisor since it was started", labels=["function"])
+        for name in functions_ctl.PIPELINE:
+            status = functions_ctl.supervisor_status(self.s, name)
+            if status is not None:
+                function_restarts.add_metric([name], float(status.get("restarts", 0)))
+        out += [up, restarts, function_restarts]
 
     def read_lag(self, out: list) -> None:
         lag = GaugeMetricFamily("cryptopipe_consumer_lag_records", "records not yet committed by the group",
@@ -203,10 +208,38 @@ class Monitor:
             age.add_metric([symbol, "trades", live], now - last_trade)
             if last_candle is not None:
                 age.add_metric([symbol, "candles", live], now - last_candle)
-            price_time = client.hget(f"price:{symbol}", "trade_time")
+            price_time, _stale = redis_price(client, symbol)
             if price_time is not None:
-                age.add_metric([symbol, "redis", live], now - int(price_time) / 1000)
+                age.add_metric([symbol, "redis", live], now - price_time)
         out.append(age)
+
+    def read_airflow(self, out: list) -> None:
+        """Airflow speaks StatsD or OpenTelemetry, neither of which this host has a server for; its REST API
+        gives the same numbers: the components' health and heartbeats, runs per DAG by state, failed tasks."""
+        healthy = GaugeMetricFamily("cryptopipe_airflow_healthy", "1 when Airflow reports the component healthy",
+                                    labels=["component"])
+        beat_age = GaugeMetricFamily("cryptopipe_airflow_heartbeat_age_seconds", "since the component's last "
+                                     "heartbeat", labels=["component"])
+        now = datetime.now(timezone.utc)
+        for component, report in sorted(airflow.health(self.s).items()):
+            healthy.add_metric([component], 1.0 if (report or {}).get("status") == "healthy" else 0.0)
+            beat = (report or {}).get(f"latest_{component}_heartbeat")
+            if beat:
+                beat_age.add_metric([component], (now - datetime.fromisoformat(beat)).total_seconds())
+        out += [healthy, beat_age]
+        if self.airflow is None:
+            self.airflow = airflow.AirflowClient(self.s)  # a token, renewed when a call fails (see read())
+        runs = GaugeMetricFamily("cryptopipe_airflow_dag_runs", "DAG runs held by Airflow, by state",
+                                 labels=["dag_id", "state"])
+        failed = GaugeMetricFamily("cryptopipe_airflow_failed_tasks", "task instances held by Airflow that failed",
+                                   labels=["dag_id"])
+        for dag in self.airflow.call("GET", "/dagStats")["dags"]:
+            for stat in dag["stats"]:
+                runs.add_metric([dag["dag_id"], stat["state"]], float(stat["count"]))
+            tasks = self.airflow.call("GET", f"/dags/{dag['dag_id']}/dagRuns/~/taskInstances",
+                                      params={"state": "failed", "limit": 1})
+            failed.add_metric([dag["dag_id"]], float(tasks["total_entries"]))
+        out += [runs, failed]
 
     def read(self) -> None:
         families: list = []
@@ -215,7 +248,8 @@ class Monitor:
         took = GaugeMetricFamily("cryptopipe_monitor_read_seconds", "how long the last reading of that part took",
                                  labels=["part"])
         parts = {"services": self.read_services, "lag": self.read_lag, "dead_letters": self.read_dead_letters,
-                 "connectors": self.read_connectors, "flink": self.read_flink, "freshness": self.read_freshness}
+                 "connectors": self.read_connectors, "flink": self.read_flink, "freshness": self.read_freshness,
+                 "airflow": self.read_airflow}
         for part, read in parts.items():
             out: list = []
             started = time.monotonic()
@@ -226,6 +260,8 @@ class Monitor:
                 ok.add_metric([part], 0.0)
                 took.add_metric([part], time.monotonic() - started)
                 self.failing_since.setdefault(part, time.monotonic())
+                if part == "airflow":
+                    self.airflow = None  # its token may have expired
                 if part == "dead_letters" and time.monotonic() - self.failing_since[part] > LagProbe.REOPEN_AFTER_S:
                     # The same librdkafka client that LagProbe reopens after a broker restart; the counts start
                     # again from the topics' start, a counter reset Prometheus' rate() and increase() allow for.
@@ -249,8 +285,8 @@ class Monitor:
         metrics = make_wsgi_app(registry)
         server = serve(self.s, self.s.monitor_port, lambda env, start: (
             self.receive(env, start) if env.get("PATH_INFO") == "/alerts" else metrics(env, start)))
-        log.info("serving on 127.0.0.1:%d (/metrics, /alerts); reading every %d s", self.s.monitor_port,
-                 self.s.scrape_interval_s)
+        log.info("serving on %s:%d (/metrics, /alerts); reading every %d s", self.s.metrics_host,
+                 self.s.monitor_port, self.s.scrape_interval_s)
         try:
             while not self.stopping.is_set():
                 started = time.monotonic()
