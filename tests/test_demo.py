@@ -6,17 +6,34 @@ import random
 import re
 import shutil
 import string
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg2
+import requests
+
+from ops.airflow import AirflowClient
+from ops.monitoring import people_login
 
 from .helpers import TAPES, cells, make_demo, tape
 
 
 def test_make_demo_on_the_bundled_tapes_agrees_end_to_end(stack, settings):
+    started = datetime.now(timezone.utc)
     result = make_demo()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo OK: the numbers agree end to end" in result.stdout
+    assert "no alert went off during the demo" in result.stdout
+    # And Alertmanager, asked apart from the demo, holds no alert that started since, but for an hourly run
+    # Airflow's scheduler added while the demo had its DAG unpaused (Airflow asked apart too).
+    held = requests.get(f"http://127.0.0.1:{settings.alertmanager_port}/api/v2/alerts", auth=people_login(settings),
+                        timeout=5).json()
+    client = AirflowClient(settings)
+    for alert in [a["labels"] for a in held if datetime.fromisoformat(a["startsAt"]) >= started]:
+        assert alert["alertname"] == "AirflowDagRunFailed", alert
+        runs = client.call("GET", f"/dags/{alert['dag_id']}/dagRuns", params={"run_type": "scheduled",
+                                                                            "state": "failed"})["dag_runs"]
+        assert any(r["end_date"] and datetime.fromisoformat(r["end_date"]) >= started for r in runs), alert
     # Independently of the demo's own checks: every tape trade is one row.
     out = result.stdout
     conn = psycopg2.connect(**settings.pg_params("reader"))
