@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench import reports, sinks, source, stream
+from bench import monitoring, reports, sinks, source, stream
 
 
 def main() -> None:
@@ -21,6 +21,8 @@ def main() -> None:
         sinks.run(Path(tmp))
         print("Reports DAG")
         reports.run(Path(tmp))
+        print("Monitoring")
+        monitoring.run()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ latency from a trade produced to Kafka to its price visible in Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import statistics
@@ -17,7 +18,7 @@ import requests
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from bench.common import TAPES, fresh_topic, produce_all, record
+from bench.common import TAPES, Scraped, free_port, fresh_topic, produce_all, record
 from ops import kafka_security
 from ops.connectors import is_running, load_configs
 from cryptopipe.settings import get_settings
@@ -119,22 +120,41 @@ def redis_throughput(settings, workdir: Path) -> None:
 
     topic, candles = fresh_topic(admin, "redis"), fresh_topic(admin, "redis-candles")
     produce_all(settings.kafka_config(), topic, [r[:3] for r in records])
+    # Metrics off, on, off, on, each run a new group reading the same topic from its start.
+    runs = {False: [], True: []}
+    symbols = sorted({r[0].decode() for r in records})
+    for metrics in (False, True, False, True):
+        # Each run from empty keys: newer-only writes over prices already there would skip every record.
+        client.delete(*[f"{kind}:{symbol}" for symbol in symbols for kind in ("price", "prices", "candle")])
+        runs[metrics].append(sink_rate(settings, workdir, topic, candles, n, metrics))
+    rate = runs[False][0]
+    record(redis_records_per_s=round(rate), raw_redis_pipeline_per_s=round(raw_rate),
+           redis_vs_raw_pipeline=round(rate / raw_rate, 3), redis_bench_records=n,
+           redis_runs_metrics_off_per_s=[round(r) for r in runs[False]],
+           redis_runs_metrics_on_per_s=[round(r) for r in runs[True]],
+           metrics_overhead_redis_sink=round(sum(runs[True]) / sum(runs[False]), 3))
+
+
+def sink_rate(settings, workdir: Path, topic: str, candles: str, n: int, metrics: bool) -> float:
+    """Records/s of the Redis sink over the topic's n records (from the first written); with `metrics`, serving
+    them and scraped every second."""
     s = settings.model_copy(update={"kafka_as_admin": True, "aggtrades_topic": topic, "candles_topic": candles,
                                     "redis_sink_group": f"bench-redis-{uuid.uuid4().hex[:6]}",
-                                    "var_dir": workdir / "var"})
+                                    "var_dir": workdir / "var", "redis_sink_metrics_port": free_port()})
     sink = RedisSink(s)
-    thread = threading.Thread(target=sink.run, daemon=True)
-    thread.start()
-    while sink.counters["records"] == 0:
-        time.sleep(0.001)
-    start, first = time.perf_counter(), sink.counters["records"]
-    while sink.counters["records"] < n:
-        time.sleep(0.005)
-    rate = (n - first) / (time.perf_counter() - start)
-    sink.stop()
-    thread.join(30)
-    record(redis_records_per_s=round(rate), raw_redis_pipeline_per_s=round(raw_rate),
-           redis_vs_raw_pipeline=round(rate / raw_rate, 3), redis_bench_records=n)
+    with Scraped(s, sink.counters) if metrics else contextlib.nullcontext():
+        thread = threading.Thread(target=sink.run, daemon=True)
+        thread.start()
+        while sink.counters["records"] == 0:
+            time.sleep(0.001)
+        start, first = time.perf_counter(), sink.counters["records"]
+        while sink.counters["records"] < n:
+            time.sleep(0.005)
+        rate = (n - first) / (time.perf_counter() - start)
+        sink.stop()
+        thread.join(30)
+    print(f"    redis sink, metrics {'on' if metrics else 'off'}: {rate:,.0f} records/s")
+    return rate
 
 
 def redis_latency(settings, workdir: Path, samples: int = 2000) -> None:

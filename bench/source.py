@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -11,7 +12,8 @@ from pathlib import Path
 import requests
 from confluent_kafka.admin import AdminClient
 
-from bench.common import RESULTS, TAPES, ReplayProcess, copies_of, fresh_topic, produce_all, record
+from bench.common import (RESULTS, TAPES, ReplayProcess, Scraped, copies_of, free_port, fresh_topic, produce_all,
+                          record)
 from cryptopipe.settings import get_settings
 from functions.binance_source.live import StreamSource
 from functions.binance_source.source import BinanceSource
@@ -43,36 +45,52 @@ def throughput(workdir: Path) -> None:
         "batch.num.messages": 10_000})
     raw_rate = total / (time.perf_counter() - start)
 
+    # Metrics off, on, off, on: the noise of this machine lands on both sides alike.
+    runs = {False: [], True: []}
+    for metrics in (False, True, False, True):
+        rate, startup, counted = source_rate(workdir, admin, names, tape_dir, total, metrics)
+        runs[metrics].append(rate)
+    rate = runs[False][0]
+    record(source_trades_per_s=round(rate), raw_producer_trades_per_s=round(raw_rate),
+           source_vs_raw_producer=round(rate / raw_rate, 3), source_bench_trades=counted,
+           source_startup_s=round(startup, 2),
+           source_runs_metrics_off_per_s=[round(r) for r in runs[False]],
+           source_runs_metrics_on_per_s=[round(r) for r in runs[True]],
+           metrics_overhead_source=round(sum(runs[True]) / sum(runs[False]), 3))
+
+
+def source_rate(workdir: Path, admin: AdminClient, names: list[str], tape_dir: Path, total: int,
+                metrics: bool) -> tuple[float, float, int]:
+    """(trades/s from the first acknowledged trade to the last, start-up seconds, trades counted) of the source
+    over the busy market; with `metrics`, serving them and scraped every second (ten times Prometheus' rate)."""
+    settings = get_settings()
     replay = ReplayProcess(tape_dir)
     try:
         s = settings.model_copy(update={"kafka_as_admin": True,
             "binance_base_url": replay.url, "binance_symbols": ",".join(names), "binance_start_time": "0",
             "aggtrades_topic": fresh_topic(admin, "source"), "var_dir": workdir / "var",
-            "source_status_interval_s": 60.0,
+            "source_status_interval_s": 60.0, "source_metrics_port": free_port(),
         })
         source = BinanceSource(s)
-        thread = threading.Thread(target=source.run)
-        launched = time.perf_counter()
-        thread.start()
-        # Steady state: from the first acknowledged trade to the last; start-up (exchangeInfo, resume
-        # scan) is reported on its own.
-        while source.counters["trades_produced"] == 0:
-            time.sleep(0.0005)
-        start = time.perf_counter()
-        first = source.counters["trades_produced"]
-        while source.counters["trades_produced"] < total:
-            time.sleep(0.002)
-        elapsed = time.perf_counter() - start
-        startup = start - launched
-        source.stop()
-        thread.join(30)
+        with Scraped(s, source.counters) if metrics else contextlib.nullcontext():
+            thread = threading.Thread(target=source.run)
+            launched = time.perf_counter()
+            thread.start()
+            # Steady state: from the first acknowledged trade to the last; start-up (exchangeInfo, resume
+            # scan) is reported on its own.
+            while source.counters["trades_produced"] == 0:
+                time.sleep(0.0005)
+            start = time.perf_counter()
+            first = source.counters["trades_produced"]
+            while source.counters["trades_produced"] < total:
+                time.sleep(0.002)
+            elapsed = time.perf_counter() - start
+            source.stop()
+            thread.join(30)
     finally:
         replay.stop()
-    total -= first
-    rate = total / elapsed
-    record(source_trades_per_s=round(rate), raw_producer_trades_per_s=round(raw_rate),
-           source_vs_raw_producer=round(rate / raw_rate, 3), source_bench_trades=total,
-           source_startup_s=round(startup, 2))
+    print(f"    source, metrics {'on' if metrics else 'off'}: {(total - first) / elapsed:,.0f} trades/s")
+    return (total - first) / elapsed, start - launched, total - first
 
 
 def lag_samples(workdir: Path, n_symbols: int, mode: str, seconds: float = 25.0, warmup: float = 6.0) -> list[float]:
