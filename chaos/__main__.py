@@ -4,9 +4,11 @@
 
 The replay server plays a generated multi-symbol tape (real XRPETH trades) at live speed; the source, stream,
 Redis sink and alert notifier run under their supervisors (`make start`), Kafka, Connect and the JDBC sinks
-as `make up` left them. At random moments it SIGKILLs every function, Kafka and Connect, stops PostgreSQL for
-60 s and Redis for 30 s, and writes bursts of every class of malformed record to binance.aggtrades, each
-kind twice or more; after each fault it waits until the pipeline is caught up again and times that. Nobody
+as `make up` left them. It writes bursts of every class of malformed record to binance.aggtrades, then at random
+moments and in random order SIGKILLs every function, Kafka, Connect and Flink, then stops PostgreSQL and Redis
+for 100 s each; after
+each fault it waits until the pipeline is caught up again and times that, and notes the alert Prometheus raised
+for it (chaos/alerts.py): fired within the rule's `for:` plus three scrape intervals, resolved after recovery. Nobody
 restarts anything: only the supervisors do. At the end, against an oracle made from the tape alone: every
 trade exactly once in Kafka and in `trades`, `candles_1m` equal to the tape's candles, each symbol's last
 price in Redis, the 5-minute statistics, the dead-letter topics holding exactly the malformed records, no alert
@@ -31,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chaos import check, tape
+from chaos.alerts import AlertWatch
 from chaos.faults import Faults
 from chaos.probe import Probe
 from chaos.webhook import Receiver
@@ -43,18 +46,27 @@ RESULTS = ROOT / "chaos-results.json"
 FUNCTIONS = ("source", "redis-sink", "alert-notifier")
 
 
+# Longer than ServiceDown's `for: 1m` plus the time it takes to be seen: an outage must alert.
+OUTAGE_S = 100.0
+# After the faults, how long the alerts they raised may take to resolve (ServiceRestarted's 2-minute window,
+# DeadLetterTopicGrowing's 5 minutes from the first fault).
+RESOLVE_WAIT_S = 300.0
+
+
 def schedule(rng: random.Random, repeats: int) -> list[tuple[str, str, float]]:
-    """(kind, target, length in seconds) for every fault, `repeats` times each, shuffled."""
-    faults = [("kill", name, 0.0) for name in FUNCTIONS] + [("kill-service", "kafka", 0.0),
-                                                            ("kill-service", "connect", 0.0),
-                                                            # the stream engine: Flink's two processes
-                                                            ("kill-service", "flink-jobmanager", 0.0),
-                                                            ("kill-service", "flink-taskmanager", 0.0),
-                                                            ("outage", "postgres", 60.0), ("outage", "redis", 30.0),
-                                                            ("malformed", "binance.aggtrades", 0.0)]
-    out = faults * repeats
-    rng.shuffle(out)
-    return out
+    """(kind, target, length in seconds) for every fault, `repeats` times each: the malformed bursts first and
+    the outages last, the kills shuffled between them, so the windows of the alerts the bursts and kills raise
+    (5 and 2 minutes) close while the run goes on, not after it."""
+    kills = [("kill", name, 0.0) for name in FUNCTIONS] + [("kill-service", "kafka", 0.0),
+                                                           ("kill-service", "connect", 0.0),
+                                                           # the stream engine: Flink's two processes
+                                                           ("kill-service", "flink-jobmanager", 0.0),
+                                                           ("kill-service", "flink-taskmanager", 0.0)]
+    outages = [("outage", "postgres", OUTAGE_S), ("outage", "redis", OUTAGE_S)]
+    kills, outages = kills * repeats, outages * repeats
+    rng.shuffle(kills)
+    rng.shuffle(outages)
+    return [("malformed", "binance.aggtrades", 0.0)] * repeats + kills + outages
 
 
 def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: float, console: Console) -> dict:
@@ -98,13 +110,14 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
     probe = Probe(settings, stack, symbols, {s: t[-1]["a"] for s, t in trades.items()}, total / (minutes * 60),
                   timeout_s, log)
     faults = Faults(settings, stack, log)
+    watch = AlertWatch(settings, log)
     injected: list[dict] = []
     try:
         if probe.wait(tape_end, timeout_s=300) is None:
             raise SystemExit("error: the pipeline did not catch up with the tape before any fault; see logs/")
         for kind, target, length in schedule(rng, repeats):
             time.sleep(rng.uniform(1, 8))
-            began = time.monotonic()
+            began, began_at = time.monotonic(), time.time()
             if kind == "kill":
                 what = faults.kill_function(target)
             elif kind == "kill-service":
@@ -117,7 +130,8 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
             log(f"fault: {what}")
             recovered = probe.wait(tape_end)
             injected.append({"kind": f"{kind} {target}", "what": what, "length_s": round(ended - began, 1),
-                             "recovery_s": round(recovered - ended, 1) if recovered else None})
+                             "recovery_s": round(recovered - ended, 1) if recovered else None,
+                             "began_at": began_at, "fault": (kind, target)})
             if recovered:
                 log(f"  caught up again after {recovered - ended:.1f} s")
         log("faults done; waiting for the tape to end and the pipeline to catch up")
@@ -130,22 +144,55 @@ def run(seed: int, minutes: float, n_symbols: int, repeats: int, timeout_s: floa
             time.sleep(2)
         outcome["services_down"] = down
         outcome["ok"] &= not outcome["services_down"]
+        answered(watch, injected, log)
     finally:
         for name in ("source", "redis-sink", "alert-notifier", "replay"):
             functions_ctl.stop(settings, name)
         receiver.close()
         probe.close()
+        watch.close()
     recoveries = [f["recovery_s"] for f in injected if f["recovery_s"] is not None]
+    unalerted = [f["kind"] for f in injected if not alert_ok(f)]
     results = {
         "seed": seed, "symbols": symbols, "trades": total, "minutes": minutes,
         "faults_injected": dict(Counter(f["kind"] for f in injected)),
         "faults_not_recovered": sum(f["recovery_s"] is None for f in injected) + (not finished),
         "recovery_s_p50": round(statistics.median(recoveries), 1) if recoveries else None,
         "recovery_s_max": max(recoveries) if recoveries else None,
+        "faults_unalerted": len(unalerted), "faults_unalerted_kinds": unalerted,
         **outcome, "faults": injected,
     }
-    results["ok"] = bool(finished and results["faults_not_recovered"] == 0 and outcome["ok"])
+    results["ok"] = bool(finished and results["faults_not_recovered"] == 0 and outcome["ok"] and not unalerted)
     return results
+
+
+def answered(watch: AlertWatch, injected: list[dict], log) -> None:
+    """Each fault's alert into its entry, once they have all resolved (or RESOLVE_WAIT_S has passed)."""
+    log("waiting for the faults' alerts to resolve")
+    deadline = time.monotonic() + RESOLVE_WAIT_S
+    while True:
+        for f in injected:
+            f["alert"] = watch.answer(*f["fault"], f["began_at"])
+        if all(f["alert"]["resolved"] or f["alert"]["fired_after_s"] is None for f in injected) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    for f in injected:
+        a = f["alert"]
+        if a["fired_after_s"] is None:
+            fired = "did not fire"
+        else:
+            fired = (f"fired {a['fired_after_s']:.0f} s after the fault"
+                     + (" (already firing)" if a["already_firing"] else "")
+                     + (f", resolved at {a['resolved_at']}" if a["resolved"] else ", not resolved"))
+        log(f"  {f['kind']}: {a['alert']} {fired} (limit {a['limit_s']:.0f} s)")
+        del f["fault"]
+
+
+def alert_ok(fault: dict) -> bool:
+    """The fault's alert fired within its limit and resolved after recovery."""
+    a = fault.get("alert") or {}
+    return a.get("fired_after_s") is not None and a["fired_after_s"] <= a["limit_s"] and a["resolved"]
 
 
 def report(results: dict, console: Console) -> None:
@@ -153,14 +200,25 @@ def report(results: dict, console: Console) -> None:
     table.add_column("fault")
     table.add_column("injected", justify="right")
     table.add_column("recovery p50 / max", justify="right")
-    by_kind: dict[str, list[float]] = {}
+    table.add_column("alert (fired after, limit)")
+    by_kind: dict[str, list[dict]] = {}
     for f in results["faults"]:
-        by_kind.setdefault(f["kind"], []).append(f["recovery_s"] if f["recovery_s"] is not None else float("inf"))
-    for kind, times in sorted(by_kind.items()):
-        table.add_row(kind, str(len(times)), f"{statistics.median(times):.1f} s / {max(times):.1f} s")
+        by_kind.setdefault(f["kind"], []).append(f)
+    for kind, faults in sorted(by_kind.items()):
+        times = [f["recovery_s"] if f["recovery_s"] is not None else float("inf") for f in faults]
+        alerts = []
+        for f in faults:
+            a = f.get("alert") or {}
+            after = "none" if a.get("fired_after_s") is None else f"{a['fired_after_s']:.0f} s"
+            colour = "green" if alert_ok(f) else "red"
+            alerts.append(f"[{colour}]{a.get('alert', '?')} {after} / {a.get('limit_s', 0):.0f} s"
+                          f"{'' if a.get('resolved') else ', unresolved'}[/]")
+        table.add_row(kind, str(len(times)), f"{statistics.median(times):.1f} s / {max(times):.1f} s",
+                      "; ".join(alerts))
     console.print(table)
     for name in ("records_lost", "duplicates", "candles_wrong", "stats_wrong", "stats_missing", "redis_prices_wrong",
-                 "dlq_missing", "dlq_unexpected", "alerts_delivered_twice", "faults_not_recovered"):
+                 "dlq_missing", "dlq_unexpected", "alerts_delivered_twice", "faults_not_recovered",
+                 "faults_unalerted"):
         value = results[name]
         console.print(f"  {name:<24} {'[green]' if value == 0 else '[red]'}{value}[/]")
     console.print(f"  recovery after a fault: p50 {results['recovery_s_p50']} s, max {results['recovery_s_max']} s")

@@ -98,13 +98,15 @@ class DeadLetterCounter:
 
 
 class Reading(Collector):
-    """The metric families of the last reading; a scrape only serves them."""
+    """The metric families of the last reading of each part; a scrape only serves them. Each part's are replaced
+    as soon as it is read: a part slow to answer (Kafka's while the broker restarts) does not hold back the
+    others' news (a restart counted)."""
 
     def __init__(self):
-        self.families: list = []
+        self.parts: dict[str, list] = {}
 
     def collect(self):
-        return list(self.families)
+        return [family for families in list(self.parts.values()) for family in families]
 
 
 class Monitor:
@@ -242,7 +244,6 @@ class Monitor:
         out += [runs, failed]
 
     def read(self) -> None:
-        families: list = []
         ok = GaugeMetricFamily("cryptopipe_monitor_read_ok", "1 when the last reading of that part worked",
                                labels=["part"])
         took = GaugeMetricFamily("cryptopipe_monitor_read_seconds", "how long the last reading of that part took",
@@ -257,6 +258,7 @@ class Monitor:
                 read(out)
             except Exception as err:  # a part down must not blind the monitor to the others
                 log.warning("reading %s failed: %s: %s", part, type(err).__name__, err)
+                self.reading.parts.pop(part, None)
                 ok.add_metric([part], 0.0)
                 took.add_metric([part], time.monotonic() - started)
                 self.failing_since.setdefault(part, time.monotonic())
@@ -270,14 +272,14 @@ class Monitor:
                     del self.failing_since[part]
                 continue
             self.failing_since.pop(part, None)
-            families += out
+            self.reading.parts[part] = out
             ok.add_metric([part], 1.0)
             took.add_metric([part], time.monotonic() - started)
         notes = CounterMetricFamily("cryptopipe_alert_notifications", "Alertmanager's notifications received",
                                     labels=["status"])
         for status, n in self.notifications.items():
             notes.add_metric([status], float(n))
-        self.reading.families = families + [ok, took, notes]
+        self.reading.parts["monitor"] = [ok, took, notes]
 
     def run(self) -> None:
         registry = CollectorRegistry()

@@ -1,6 +1,7 @@
 """The chaos run, as `make chaos` runs it but shorter: faults of every kind, each once, against the live pipeline,
 and nothing lost, doubled or wrong at the end. The invariants are checked by the run against the tape itself;
-this test holds it to them through the results file it writes. Takes about eight minutes."""
+this test holds it to them through the results file it writes, and to an alert answering every fault. Takes
+about ten minutes."""
 
 from __future__ import annotations
 
@@ -51,4 +52,10 @@ def test_the_pipeline_heals_itself_under_chaos(stack):
     assert results["dlq_missing"] == 0 and results["dlq_unexpected"] == 0, tail
     assert results["alerts_delivered"] > 0 and results["alerts_delivered_twice"] == 0, tail
     assert results["faults_not_recovered"] == 0 and results["recovery_s_max"] is not None, tail
+    # Every fault raised its alert within the rule's `for:` plus three scrape intervals, and it resolved.
+    for fault in results["faults"]:
+        alert = fault["alert"]
+        assert alert["fired_after_s"] is not None and alert["fired_after_s"] <= alert["limit_s"], (fault, tail)
+        assert alert["resolved"], (fault, tail)
+    assert results["faults_unalerted"] == 0, tail
     assert run.returncode == 0 and results["ok"], tail
