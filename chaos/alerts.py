@@ -2,7 +2,8 @@
 alert that must answer it, when it fired and when it resolved.
 
 A fault is proven when its alert fires within the rule's `for:` plus three scrape intervals from the fault's
-start (the monitor reads, Prometheus scrapes, the rules are evaluated: each up to one interval apart), and
+start (the monitor reads, Prometheus scrapes, the rules are evaluated: each up to one interval apart; and this
+watcher polls every POLL_S), and
 resolves once the pipeline has recovered. A fault that alerts nobody fails the run."""
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class AlertWatch:
         """The fault's alert: the first spell of a matching alert firing within the rule's limit of `began`
         (one firing already then counts: it covers this fault too, and is marked so)."""
         name, labels = expected_alert(kind, target)
-        limit = rule_for_s(name) + 3 * self.interval_s
+        limit = rule_for_s(name) + 3 * self.interval_s + POLL_S  # and this watcher's own polling
         with self.lock:
             spells = [(fired, resolved) for key, spells in self.spells.items()
                       if key[0] == name and all(dict(key[1]).get(k) == v for k, v in labels.items())
