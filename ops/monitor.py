@@ -60,17 +60,19 @@ class DeadLetterCounter:
         # fetch.wait.max.ms at the broker, every offset request would wait half a second.
         self.offsets = Consumer(config)
         self.counts: dict[tuple[str, str], int] = {(t, k): 0 for t in self.topics for k in ("late", "rejected")}
-        self.assigned = False
+        self.assigned: set[tuple[str, int]] = set()
         # Until it has read up to the topics' ends once, its counts are a recount of old dead letters: shown
         # then, they would look to Prometheus like thousands of new ones at every start of the monitor.
         self.caught_up = False
 
     def read(self, budget_s: float = 1.0) -> None:
-        if not self.assigned:
-            meta = self.consumer.list_topics(timeout=5).topics
-            self.consumer.assign([TopicPartition(t, p, 0) for t in self.topics if t in meta
-                                  for p in meta[t].partitions])
-            self.assigned = True
+        # At every reading: on a fresh stack the monitor starts before `make up` creates the topics, and a topic
+        # or partition made later must be read too, from its start.
+        meta = self.consumer.list_topics(timeout=5).topics
+        new = {(t, p) for t in self.topics if t in meta for p in meta[t].partitions} - self.assigned
+        if new:
+            self.consumer.incremental_assign([TopicPartition(t, p, 0) for t, p in sorted(new)])
+            self.assigned |= new
         deadline = time.monotonic() + budget_s
         while time.monotonic() < deadline:
             batch = self.consumer.consume(5000, timeout=0.2)

@@ -209,6 +209,29 @@ def test_the_monitor_counts_dead_letters_by_kind(stack, settings, unique):
         delete_topics(settings, stream, sink)
 
 
+def test_the_monitor_counts_dead_letters_of_topics_made_after_it_started(stack, settings, unique):
+    """A fresh stack starts the monitor before `make up` creates the topics: their dead letters count too."""
+    own = settings.model_copy(update={"dlq_topic_prefix": f"test.{unique}.dlq."})
+    stream = own.dlq_topic("stream")
+    counter = DeadLetterCounter(own)
+    try:
+        counter.read(1.0)  # no topic of its prefix yet
+        create_topics(settings, stream, partitions=2)
+        producer = Producer(settings.kafka_config())
+        for i in range(5):
+            producer.produce(stream, value=b"x", partition=i % 2, headers={"error.reason": b"not JSON: x"})
+        assert producer.flush(10) == 0
+
+        def counted():
+            counter.read(1.0)
+            return counter.counts[(stream, "rejected")] == 5
+
+        wait_for(counted, 30, "the new topic's dead letters counted")
+    finally:
+        counter.close()
+        delete_topics(settings, stream)
+
+
 def test_the_monitors_freshness_agrees_with_the_database(stack, settings, pipeline_data):
     with psycopg2.connect(**settings.pg_params("reader")) as conn, conn.cursor() as cur:
         cur.execute("SELECT DISTINCT symbol FROM candles_1m")
