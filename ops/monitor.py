@@ -122,7 +122,8 @@ class Monitor:
         self.alerts_log = alerts_logger(settings)
         self.notifications = {"firing": 0, "resolved": 0}
         self.failing_since: dict[str, float] = {}  # part -> when its readings began to fail
-        self.checkpoint_baseline: dict[str, float] = {}  # Flink job id -> its failed checkpoints once running
+        self.flink_seen: tuple | None = None  # (job id, restarts, failed checkpoints) when last read with all tasks running
+        self.checkpoints_failed = 0.0
         self.airflow: airflow.AirflowClient | None = None
 
     def stop(self, *_args) -> None:
@@ -182,23 +183,28 @@ class Monitor:
 
     def read_flink(self, out: list) -> None:
         job = flink_deploy.running_job(self.s)
-        restarts = failed = 0.0
+        restarts = 0.0
         if job is not None:
             url = f"{self.s.flink_url}/jobs/{job['jid']}"
             values = requests.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()
             restarts = float(next((v["value"] for v in values if v["id"] == "numRestarts"), 0))
             failed = float(requests.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
-            # A job that starts fails to trigger a checkpoint every interval until its tasks run: those count from
-            # when it was first seen with every task running (or when the monitor started), not before.
-            if flink_deploy.all_running(job):
-                self.checkpoint_baseline.setdefault(job["jid"], failed)
-            failed -= self.checkpoint_baseline.get(job["jid"], failed)
+            # Flink counts a checkpoint it could not even trigger, once a second while a (re)started job deploys its
+            # tasks, and the one a restart aborts: those are the restart's (FlinkJobRestarting). Only failures
+            # between two reads that both saw every task running, with no restart between them, are counted.
+            seen = (job["jid"], restarts, failed) if flink_deploy.all_running(job) else None
+            if seen and self.flink_seen and seen[:2] == self.flink_seen[:2]:
+                self.checkpoints_failed += max(0.0, failed - self.flink_seen[2])
+            self.flink_seen = seen
+        else:
+            self.flink_seen = None
         out += [GaugeMetricFamily("cryptopipe_flink_job_running", "1 when the stream job and all its tasks run",
                                   value=1.0 if flink_deploy.all_running(job) else 0.0),
                 CounterMetricFamily("cryptopipe_flink_job_restarts", "restarts of the running stream job",
                                     value=restarts),
                 CounterMetricFamily("cryptopipe_flink_checkpoints_failed",
-                                    "failed checkpoints of the running job since all its tasks ran", value=failed)]
+                                    "failed checkpoints of the running stream job, not counting a restart's",
+                                    value=self.checkpoints_failed)]
 
     def read_freshness(self, out: list) -> None:
         age = GaugeMetricFamily("cryptopipe_freshness_seconds", "age of the newest item per symbol (event time); "

@@ -19,7 +19,9 @@ import requests
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from chaos.faults import worker_of
 from cryptopipe.settings import ROOT
+from ops import flink_deploy
 from ops.monitor import DeadLetterCounter
 from ops.monitoring import people_login, scrape_login
 
@@ -296,3 +298,31 @@ def test_a_restart_alert_reaches_the_log_and_make_status(stack, settings):
                             timeout=180)
     rows = [l for l in status.stdout.splitlines() if "ServiceRestarted" in l]
     assert rows and "node-exporter" in rows[0], status.stdout[-3000:]
+
+
+def test_a_stream_job_restart_counts_no_failed_checkpoint(stack, settings):
+    """kill -9 the TaskManager: the job restarts, and Flink counts as failed the checkpoint the crash aborted and
+    each one it could not trigger while the tasks came back. Those are the restart's (FlinkJobRestarting); the
+    monitor's count, which FlinkCheckpointsFailing reads, must not move."""
+    def flink_counts() -> tuple[float, float]:
+        job = flink_deploy.running_job(settings)
+        url = f"{settings.flink_url}/jobs/{job['jid']}"
+        restarts = requests.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()[0]["value"]
+        return float(restarts), float(requests.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
+
+    def monitor_count() -> float:
+        return next(s.value for s in monitor_samples(settings) if s.name == "cryptopipe_flink_checkpoints_failed_total")
+
+    flink_deploy.wait_running(settings)
+    time.sleep(2 * settings.scrape_interval_s)  # the monitor has read the running job at least once
+    restarts, failed = flink_counts()
+    counted = monitor_count()
+    svc = stack.service("flink-taskmanager")
+    target = worker_of(svc.pid(), svc.marker)
+    assert target is not None and target != svc.pid(), "the TaskManager is not running under its supervisor"
+    os.kill(target, signal.SIGKILL)
+    wait_for(lambda: flink_counts()[0] > restarts and flink_deploy.all_running(flink_deploy.running_job(settings)),
+             180, "the stream job restarted with all its tasks running")
+    time.sleep(2 * settings.scrape_interval_s)
+    assert flink_counts()[1] > failed, "Flink counted no failed checkpoint: the restart did not exercise the case"
+    assert monitor_count() == counted
