@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -42,30 +42,29 @@ def copies_of(tape: str, names: list[str], folder: Path) -> Path:
 
 class Scraped:
     """A function's metrics served (cryptopipe.metrics) and scraped every `every_s` with the login, as long as
-    the `with` block runs: what metrics cost a function, measured against the same run without."""
+    the `with` block runs: what metrics cost a function, measured against the same run without. The scraper runs
+    in a process of its own, as Prometheus does, so only the serving side shares the function's GIL."""
 
     def __init__(self, settings, counters, every_s: float = 1.0):
         self.settings, self.counters, self.every_s = settings, counters, every_s
-        self.stopping = threading.Event()
         self.scrapes = 0
 
     def __enter__(self):
         self.served = FunctionMetrics(self.settings, self.counters)
-        self.thread = threading.Thread(target=self.scrape, daemon=True)
-        self.thread.start()
+        login = f"{SCRAPE_USER}:{self.settings.metrics_password.get_secret_value()}"
+        self.scraper = subprocess.Popen(
+            [sys.executable, "-m", "bench.scrape_loop", f"http://127.0.0.1:{self.served.port}/metrics",
+             str(self.every_s)], cwd=ROOT, env={**os.environ, "SCRAPE_LOGIN": login},
+            stdout=subprocess.PIPE, text=True)
         return self
 
-    def scrape(self) -> None:
-        url = f"http://127.0.0.1:{self.served.port}/metrics"
-        login = (SCRAPE_USER, self.settings.metrics_password.get_secret_value())
-        while not self.stopping.wait(self.every_s):
-            requests.get(url, auth=login, timeout=5).raise_for_status()
-            self.scrapes += 1
-
     def __exit__(self, *_exc) -> None:
-        self.stopping.set()
-        self.thread.join(10)
+        self.scraper.terminate()
+        out, _ = self.scraper.communicate(timeout=10)
+        self.scrapes = out.count("scraped")
         self.served.close()
+        if self.scraper.returncode not in (0, -15):
+            raise RuntimeError(f"the bench's scraper failed (exit {self.scraper.returncode})")
 
 
 def free_port() -> int:

@@ -6,13 +6,12 @@ The replay server plays a generated multi-symbol tape (real XRPETH trades) at li
 Redis sink and alert notifier run under their supervisors (`make start`), Kafka, Connect and the JDBC sinks
 as `make up` left them. It writes bursts of every class of malformed record to binance.aggtrades, then at random
 moments and in random order SIGKILLs every function, Kafka, Connect and Flink, then stops PostgreSQL and Redis
-for 100 s each; after
-each fault it waits until the pipeline is caught up again and times that, and notes the alert Prometheus raised
-for it (chaos/alerts.py): fired within the rule's `for:` plus three scrape intervals, resolved after recovery. Nobody
-restarts anything: only the supervisors do. At the end, against an oracle made from the tape alone: every
-trade exactly once in Kafka and in `trades`, `candles_1m` equal to the tape's candles, each symbol's last
-price in Redis, the 5-minute statistics, the dead-letter topics holding exactly the malformed records, no alert
-delivered twice.
+for 100 s each; after each fault it waits until the pipeline is caught up again and times that, and notes the
+alert Prometheus raised for it (chaos/alerts.py): fired within the rule's `for:` plus two scrape intervals (three
+for a dead-letter burst), resolved after recovery. Nobody restarts anything: only the supervisors do. At the end,
+against an oracle made from the tape alone: every trade exactly once in Kafka and in `trades`, `candles_1m` equal
+to the tape's candles, each symbol's last price in Redis, the 5-minute statistics, the dead-letter topics holding
+exactly the malformed records, no alert delivered twice.
 Prints a table and writes chaos-results.json; exit 0 only when every invariant holds.
 """
 

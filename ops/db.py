@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import psycopg2
@@ -69,11 +70,12 @@ def init(settings: Settings | None = None) -> None:
     conn.close()
 
 
-def newest_per_symbol(settings: Settings, limit: int = 20) -> list[tuple[str, float, float | None]]:
-    """(symbol, newest trade, newest candle or None) in epoch seconds, the `limit` freshest symbols first; read as
-    the reporting role."""
+def newest_per_symbol(settings: Settings, limit: int = 20,
+                      include: Iterable[str] = ()) -> list[tuple[str, float, float | None]]:
+    """(symbol, newest trade, newest candle or None) in epoch seconds: every symbol of `include` that has trades,
+    then the `limit` freshest others; read as the reporting role."""
     with psycopg2.connect(**settings.pg_params("reader")) as conn, conn.cursor() as cur:
-        cur.execute(read_sql("freshness.sql"), {"limit": limit})
+        cur.execute(read_sql("freshness.sql"), {"limit": limit, "include": sorted(include)})
         rows = [(symbol, float(trade), float(candle) if candle is not None else None)
                 for symbol, trade, candle in cur.fetchall()]
     conn.close()

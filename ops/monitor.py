@@ -3,11 +3,11 @@
     python -m ops.monitor
 
 Every SCRAPE_INTERVAL_S it reads each part on its own (one that does not answer leaves the others be, and
-shows as cryptopipe_monitor_read_ok{part} 0): services' readiness and their supervisors' restarts; consumer
-lag of every group (LagProbe: the group's own Consumer, never an AdminClient offset fetch); dead-letter topics'
-depth, and the new dead letters by kind; connector states and the watchdog's restarts; the Flink job; freshness
-per symbol; Airflow's health, DAG runs and failed tasks. GET /metrics serves the last reading, behind the
-scrapers' login.
+shows as cryptopipe_monitor_read_ok{part} 0): consumer lag of every group (LagProbe: the group's own Consumer,
+never an AdminClient offset fetch); dead-letter topics' depth, and the new dead letters by kind; connector states
+and the watchdog's restarts; the Flink job; freshness per symbol; Airflow's health, DAG runs and failed tasks.
+GET /metrics, behind the scrapers' login, serves the last reading of those, and reads the services' readiness and
+their supervisors' restarts right then (cheap, and the news an operator needs first).
 
 It is also Alertmanager's receiver: POST /alerts (same login) writes each notification as a line of
 logs/alerts.log, so alerts are on disk even where no ALERT_WEBHOOK_URL is set.
@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 
@@ -100,15 +101,16 @@ class DeadLetterCounter:
 
 
 class Reading(Collector):
-    """The metric families of the last reading of each part; a scrape only serves them. Each part's are replaced
-    as soon as it is read: a part slow to answer (Kafka's while the broker restarts) does not hold back the
-    others' news (a restart counted)."""
+    """The metric families of the last reading of each part, plus what `live` reads at the scrape itself. Each
+    part's are replaced as soon as it is read: a part slow to answer (Kafka's while the broker restarts) does not
+    hold back the others' news."""
 
-    def __init__(self):
+    def __init__(self, live: Callable[[], list]):
         self.parts: dict[str, list] = {}
+        self.live = live
 
     def collect(self):
-        return [family for families in list(self.parts.values()) for family in families]
+        return [family for families in list(self.parts.values()) for family in families] + self.live()
 
 
 class Monitor:
@@ -117,7 +119,8 @@ class Monitor:
         self.stack = NativeStack(settings)
         self.probe = LagProbe(settings.kafka_config())
         self.dead_letters = DeadLetterCounter(settings)
-        self.reading = Reading()
+        self.reading = Reading(self.read_live)
+        self.read_ok: dict[str, tuple[float, float]] = {}  # part -> (1 if its last reading worked, seconds it took)
         self.stopping = threading.Event()
         self.alerts_log = alerts_logger(settings)
         self.notifications = {"firing": 0, "resolved": 0}
@@ -213,7 +216,7 @@ class Monitor:
         followed = set((read_status(self.s, "source") or {}).get("symbols", {}))
         now = time.time()
         client = redis.Redis.from_url(self.s.redis_url("reader"), socket_timeout=2)
-        for symbol, last_trade, last_candle in newest_per_symbol(self.s):
+        for symbol, last_trade, last_candle in newest_per_symbol(self.s, include=followed):
             live = "true" if symbol in followed else "false"
             age.add_metric([symbol, "trades", live], now - last_trade)
             if last_candle is not None:
@@ -251,43 +254,55 @@ class Monitor:
             failed.add_metric([dag["dag_id"]], float(tasks["total_entries"]))
         out += [runs, failed]
 
+    # Read at each scrape, not between them: a service down or restarted is in the very next scrape, so its alert
+    # comes a `for:` plus a scrape and an evaluation after the fault (~0.2 s of reading; the other parts take longer).
+    LIVE = ("services",)
+
+    def read_part(self, part: str) -> list | None:
+        """The part's metric families, or None when it could not be read (logged, and its failure shown)."""
+        out: list = []
+        started = time.monotonic()
+        try:
+            getattr(self, f"read_{part}")(out)
+        except Exception as err:  # a part down must not blind the monitor to the others
+            log.warning("reading %s failed: %s: %s", part, type(err).__name__, err)
+            self.read_ok[part] = (0.0, time.monotonic() - started)
+            self.failing_since.setdefault(part, time.monotonic())
+            if part == "airflow":
+                self.airflow = None  # its token may have expired
+            if part == "dead_letters" and time.monotonic() - self.failing_since[part] > LagProbe.REOPEN_AFTER_S:
+                # The same librdkafka client that LagProbe reopens after a broker restart; the counts start
+                # again from the topics' start, a counter reset Prometheus' rate() and increase() allow for.
+                self.dead_letters.close()
+                self.dead_letters = DeadLetterCounter(self.s)
+                del self.failing_since[part]
+            return None
+        self.failing_since.pop(part, None)
+        self.read_ok[part] = (1.0, time.monotonic() - started)
+        return out
+
     def read(self) -> None:
+        for part in ("lag", "dead_letters", "connectors", "flink", "freshness", "airflow"):
+            out = self.read_part(part)
+            if out is None:
+                self.reading.parts.pop(part, None)
+            else:
+                self.reading.parts[part] = out
+
+    def read_live(self) -> list:
+        out = [family for part in self.LIVE for family in (self.read_part(part) or [])]
         ok = GaugeMetricFamily("cryptopipe_monitor_read_ok", "1 when the last reading of that part worked",
                                labels=["part"])
         took = GaugeMetricFamily("cryptopipe_monitor_read_seconds", "how long the last reading of that part took",
                                  labels=["part"])
-        parts = {"services": self.read_services, "lag": self.read_lag, "dead_letters": self.read_dead_letters,
-                 "connectors": self.read_connectors, "flink": self.read_flink, "freshness": self.read_freshness,
-                 "airflow": self.read_airflow}
-        for part, read in parts.items():
-            out: list = []
-            started = time.monotonic()
-            try:
-                read(out)
-            except Exception as err:  # a part down must not blind the monitor to the others
-                log.warning("reading %s failed: %s: %s", part, type(err).__name__, err)
-                self.reading.parts.pop(part, None)
-                ok.add_metric([part], 0.0)
-                took.add_metric([part], time.monotonic() - started)
-                self.failing_since.setdefault(part, time.monotonic())
-                if part == "airflow":
-                    self.airflow = None  # its token may have expired
-                if part == "dead_letters" and time.monotonic() - self.failing_since[part] > LagProbe.REOPEN_AFTER_S:
-                    # The same librdkafka client that LagProbe reopens after a broker restart; the counts start
-                    # again from the topics' start, a counter reset Prometheus' rate() and increase() allow for.
-                    self.dead_letters.close()
-                    self.dead_letters = DeadLetterCounter(self.s)
-                    del self.failing_since[part]
-                continue
-            self.failing_since.pop(part, None)
-            self.reading.parts[part] = out
-            ok.add_metric([part], 1.0)
-            took.add_metric([part], time.monotonic() - started)
+        for part, (worked, seconds) in sorted(self.read_ok.items()):
+            ok.add_metric([part], worked)
+            took.add_metric([part], seconds)
         notes = CounterMetricFamily("cryptopipe_alert_notifications", "Alertmanager's notifications received",
                                     labels=["status"])
         for status, n in self.notifications.items():
             notes.add_metric([status], float(n))
-        self.reading.parts["monitor"] = [ok, took, notes]
+        return out + [ok, took, notes]
 
     def run(self) -> None:
         registry = CollectorRegistry()

@@ -152,9 +152,10 @@ def freshness_table(stack: NativeStack) -> Table:
         seconds = now - epoch_s
         return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h"
 
-    rows = newest_per_symbol(stack.s)
+    rows = newest_per_symbol(stack.s, include=(read_status(stack.s, "source") or {}).get("symbols", {}))
     client = redis.Redis.from_url(stack.s.redis_url("reader"), socket_timeout=2, decode_responses=True)
-    table = Table(title="Data freshness (age of the newest, event time; the 20 freshest symbols)", title_justify="left")
+    table = Table(title="Data freshness (age of the newest, event time; the symbols the source follows, then the 20 "
+                  "freshest)", title_justify="left")
     for col in ("symbol", "trade in PostgreSQL", "candle in PostgreSQL", "price in Redis", "Redis stale"):
         table.add_column(col, justify="left" if col == "symbol" else "right")
     for symbol, last_trade, last_candle in rows:
