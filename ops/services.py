@@ -294,6 +294,13 @@ class Kafka(JavaService):
     def metrics_port(self) -> int:
         return self.s.kafka_metrics_port
 
+    def format_storage(self, conf: Path, cluster_id: str) -> None:
+        """Format the log folder of `conf` for a new cluster. The id goes as --cluster-id=ID: one random id in 64
+        starts with "-" (URL-safe base64), which the tool's parser takes for an option (a CI run's `make up` died
+        of it)."""
+        subprocess.run([*self.jvm("kafka-storage", "256m"), "kafka.tools.StorageTool", "format",
+                        f"--cluster-id={cluster_id}", "-c", str(conf), "-g"], check=True, stdout=subprocess.DEVNULL)
+
     def start(self) -> None:
         host, port, cport = self.s.kafka_host, self.s.kafka_port, self.s.kafka_controller_port
         if port_open(host, cport):
@@ -309,12 +316,7 @@ class Kafka(JavaService):
         write_properties(conf, props, secret=True)
         if not (data / "meta.properties").exists():
             # Formatting happens once; an existing log folder is never re-formatted.
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(
-                [*self.jvm("kafka-storage", "256m"), "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(conf), "-g"],
-                check=True, stdout=subprocess.DEVNULL,
-            )
+            self.format_storage(conf, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
         # log4j2 writes and rolls logs/kafka.log itself.
         self.spawn([*self.jvm("kafka", self.s.kafka_heap, metrics=True), "kafka.Kafka", str(conf)],
                    stdout=self.s.logs_dir / "kafka.out")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -74,6 +76,21 @@ def test_a_data_folder_from_another_postgres_version_is_kept_and_named(tmp_path)
     with pytest.raises(StackError, match=r"PostgreSQL 9 cluster.*Nothing was deleted.*PG_BINDIR"):
         NativeStack(settings).preflight()
     assert (data / "PG_VERSION").read_text() == "9\n" and (data / "base").is_dir()
+
+
+def test_kafka_storage_is_formatted_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
+    # One random cluster id in 64 starts with "-"; passed as "-t ID", the tool took it for an option and `make up`
+    # stopped (a CI run did).
+    settings = scratch_settings(tmp_path)
+    conf = tmp_path / "kafka.properties"
+    data = tmp_path / "kafka-data"
+    port, cport = settings.kafka_port, settings.kafka_controller_port
+    conf.write_text("process.roles=broker,controller\nnode.id=1\n"
+                    f"controller.quorum.voters=1@127.0.0.1:{cport}\ncontroller.listener.names=CONTROLLER\n"
+                    f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\nlog.dirs={data}\n")
+    cluster_id = "-" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
+    NativeStack(settings).service("kafka").format_storage(conf, cluster_id)
+    assert f"cluster.id={cluster_id}" in (data / "meta.properties").read_text().splitlines()
 
 
 def make(target: str) -> subprocess.CompletedProcess:
