@@ -6,7 +6,7 @@ The replay server plays a generated multi-symbol tape (real XRPETH trades) at li
 Redis sink and alert notifier run under their supervisors (`make start`), Kafka, Connect and the JDBC sinks
 as `make up` left them. It writes bursts of every class of malformed record to binance.aggtrades, then at random
 moments and in random order SIGKILLs every function, Kafka, Connect and Flink, then stops PostgreSQL and Redis
-for 100 s each; after each fault it waits until the pipeline is caught up again and times that, and notes the
+for 85 s each; after each fault it waits until the pipeline is caught up again and times that, and notes the
 alert Prometheus raised for it (chaos/alerts.py): fired within the rule's `for:` plus two scrape intervals (three
 for a dead-letter burst), resolved after recovery. Nobody restarts anything: only the supervisors do. At the end,
 against an oracle made from the tape alone: every trade exactly once in Kafka and in `trades`, `candles_1m` equal
@@ -45,8 +45,9 @@ RESULTS = ROOT / "chaos-results.json"
 FUNCTIONS = ("source", "redis-sink", "alert-notifier")
 
 
-# Longer than ServiceDown's `for: 1m` plus the time it takes to be seen: an outage must alert.
-OUTAGE_S = 100.0
+# Longer than ServiceDown's `for: 1m` plus the time it takes to be seen (a scrape, then an evaluation half a
+# scrape later: 75 s at most, plus the service's own stop): an outage must alert.
+OUTAGE_S = 85.0
 # After the faults, how long the alerts they raised may take to resolve (ServiceRestarted's 2-minute window,
 # DeadLetterTopicGrowing's 5 minutes from the first fault).
 RESOLVE_WAIT_S = 300.0

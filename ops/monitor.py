@@ -19,7 +19,9 @@ import json
 import logging
 import signal
 import threading
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
@@ -46,6 +48,8 @@ from ops.status import consumer_groups, redis_price
 log = logging.getLogger("monitor")
 MAX_ALERT_BODY = 1_000_000  # Alertmanager's notifications are a few kB; anything far larger is not one
 LATE_REASON = "late trade"  # how flink/02_trades_and_dead_letters.sql starts a late trade's reason
+# Twice Flink's heartbeat.timeout (stack/config/flink.yaml): by then the JobManager knows of a TaskManager lost.
+CHECKPOINT_CONFIRM_S = 30
 
 
 class DeadLetterCounter:
@@ -125,7 +129,8 @@ class Monitor:
         self.alerts_log = alerts_logger(settings)
         self.notifications = {"firing": 0, "resolved": 0}
         self.failing_since: dict[str, float] = {}  # part -> when its readings began to fail
-        self.flink_seen: tuple | None = None  # (job id, restarts, failed checkpoints) when last read with all tasks running
+        # (job id, restarts, failed checkpoints) of the last reads, None for a read without every task running.
+        self.flink_reads: deque = deque(maxlen=math.ceil(CHECKPOINT_CONFIRM_S / settings.scrape_interval_s) + 1)
         self.checkpoints_failed = 0.0
         self.airflow: airflow.AirflowClient | None = None
 
@@ -193,14 +198,16 @@ class Monitor:
             restarts = float(next((v["value"] for v in values if v["id"] == "numRestarts"), 0))
             failed = float(requests.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
             # Flink counts a checkpoint it could not even trigger, once a second while a (re)started job deploys its
-            # tasks, and the one a restart aborts: those are the restart's (FlinkJobRestarting). Only failures
-            # between two reads that both saw every task running, with no restart between them, are counted.
-            seen = (job["jid"], restarts, failed) if flink_deploy.all_running(job) else None
-            if seen and self.flink_seen and seen[:2] == self.flink_seen[:2]:
-                self.checkpoints_failed += max(0.0, failed - self.flink_seen[2])
-            self.flink_seen = seen
+            # tasks, and those a restart aborts: they are the restart's (FlinkJobRestarting). And a TaskManager that
+            # died is noticed only after Flink's heartbeat.timeout: until then the job looks RUNNING and its
+            # checkpoints fail for want of it. So the failures between two reads count once the reads of the next
+            # CHECKPOINT_CONFIRM_S saw every task running too, in the same job, with no restart.
+            self.flink_reads.append((job["jid"], restarts, failed) if flink_deploy.all_running(job) else None)
         else:
-            self.flink_seen = None
+            self.flink_reads.append(None)
+        reads = list(self.flink_reads)
+        if len(reads) == self.flink_reads.maxlen and all(reads) and len({r[:2] for r in reads}) == 1:
+            self.checkpoints_failed += max(0.0, reads[1][2] - reads[0][2])
         out += [GaugeMetricFamily("cryptopipe_flink_job_running", "1 when the stream job and all its tasks run",
                                   value=1.0 if flink_deploy.all_running(job) else 0.0),
                 CounterMetricFamily("cryptopipe_flink_job_restarts", "restarts of the running stream job",

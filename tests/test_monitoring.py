@@ -23,7 +23,7 @@ from chaos.faults import worker_of
 from cryptopipe.run import read_status
 from cryptopipe.settings import ROOT
 from ops import flink_deploy
-from ops.monitor import DeadLetterCounter
+from ops.monitor import CHECKPOINT_CONFIRM_S, DeadLetterCounter
 from ops.monitoring import people_login, scrape_login
 
 from .helpers import create_topics, delete_topics, wait_for
@@ -305,9 +305,10 @@ def test_a_restart_alert_reaches_the_log_and_make_status(stack, settings):
 
 
 def test_a_stream_job_restart_counts_no_failed_checkpoint(stack, settings):
-    """kill -9 the TaskManager: the job restarts, and Flink counts as failed the checkpoint the crash aborted and
-    each one it could not trigger while the tasks came back. Those are the restart's (FlinkJobRestarting); the
-    monitor's count, which FlinkCheckpointsFailing reads, must not move."""
+    """kill -9 the TaskManager: the job restarts, and Flink counts as failed the checkpoints that failed before the
+    JobManager noticed the loss (its heartbeat timeout), the one the restart aborted and each one it could not
+    trigger while the tasks came back. Those are the restart's (FlinkJobRestarting); the monitor's count, which
+    FlinkCheckpointsFailing reads, must not move."""
     def flink_counts() -> tuple[float, float]:
         job = flink_deploy.running_job(settings)
         url = f"{settings.flink_url}/jobs/{job['jid']}"
@@ -327,6 +328,7 @@ def test_a_stream_job_restart_counts_no_failed_checkpoint(stack, settings):
     os.kill(target, signal.SIGKILL)
     wait_for(lambda: flink_counts()[0] > restarts and flink_deploy.all_running(flink_deploy.running_job(settings)),
              180, "the stream job restarted with all its tasks running")
-    time.sleep(2 * settings.scrape_interval_s)
+    # The monitor counts the failures between two reads once the next CHECKPOINT_CONFIRM_S of reads confirmed them.
+    time.sleep(CHECKPOINT_CONFIRM_S + 2 * settings.scrape_interval_s)
     assert flink_counts()[1] > failed, "Flink counted no failed checkpoint: the restart did not exercise the case"
     assert monitor_count() == counted
