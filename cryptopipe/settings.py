@@ -356,13 +356,18 @@ class Settings(BaseSettings):
         """requests' `auth` for Kafka Connect's REST API (HTTP basic)."""
         return self.connect_rest_user, self.connect_rest_password.get_secret_value()
 
+    # Flink's REST API and SQL Gateway take only clients holding the stack's client certificate (ops/flink_tls.py).
     @property
     def flink_url(self) -> str:
-        return f"http://{self.flink_host}:{self.flink_port}"
+        return f"https://{self.flink_host}:{self.flink_port}"
 
     @property
     def flink_gateway_url(self) -> str:
-        return f"http://{self.flink_host}:{self.flink_gateway_port}"
+        return f"https://{self.flink_host}:{self.flink_gateway_port}"
+
+    @property
+    def flink_tls_dir(self) -> Path:
+        return self.var_dir / "tls" / "flink"
 
     @property
     def airflow_url(self) -> str:

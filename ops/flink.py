@@ -19,6 +19,8 @@ import subprocess
 import requests
 
 from cryptopipe.settings import Settings
+from ops import flink_tls
+from ops.flink_tls import FlinkTls
 from ops.process import StackError
 from ops.services import CONFIG_DIR, LIB_DIR, JavaService
 
@@ -35,8 +37,9 @@ JAVA_17_OPENS = [
 ]
 
 
-def config(settings: Settings) -> dict[str, str]:
-    """stack/config/flink.yaml with the addresses, ports, memory and folders of these settings."""
+def config(settings: Settings, tls: FlinkTls | None = None) -> dict[str, str]:
+    """stack/config/flink.yaml with the addresses, ports, memory and folders of these settings, and `tls`'s REST
+    options (mutual TLS on the JobManager's REST API and the SQL Gateway, which reads the same options)."""
     host, flink_dir = settings.flink_host, settings.var_dir / "flink"
     return read_flat_yaml(CONFIG_DIR / "flink.yaml") | {
         "jobmanager.rpc.address": host, "jobmanager.rpc.port": str(settings.flink_rpc_port),
@@ -56,7 +59,10 @@ def config(settings: Settings) -> dict[str, str]:
         "state.backend.rocksdb.log.dir": str(flink_dir / "rocksdb-logs"),
         # MBeans in the JVM only (no port: no JMX server of its own); the JMX exporter agent reads them.
         "metrics.reporter.jmx.factory.class": "org.apache.flink.metrics.jmx.JMXReporterFactory",
-    }
+        # No jar upload or run through REST: nothing of ours submits jars (the gateway submits through POST /jobs,
+        # which this does not close; the client certificate does).
+        "web.submit.enable": "false",
+    } | (tls.flink_options() if tls else {})
 
 
 def read_flat_yaml(path) -> dict[str, str]:
@@ -92,9 +98,13 @@ class FlinkService(JavaService):
 
     def write_config(self) -> None:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k}: {v}" for k, v in config(self.s).items()]
-        (self.conf_dir / "config.yaml").write_text(
-            "# Written by ops.flink from stack/config/flink.yaml; edit that, not this.\n" + "\n".join(lines) + "\n")
+        tls = flink_tls.ensure(self.s.flink_tls_dir, self.s.java)
+        lines = [f"{k}: {v}" for k, v in config(self.s, tls).items()]
+        conf = self.conf_dir / "config.yaml"
+        conf.touch(mode=0o600)  # it holds the stores' password
+        conf.chmod(0o600)
+        conf.write_text("# Written by ops.flink from stack/config/flink.yaml; edit that, not this.\n"
+                        + "\n".join(lines) + "\n")
         shutil.copy(CONFIG_DIR / "flink-log4j.properties", self.conf_dir / "log4j.properties")
         for sub in ("checkpoints", "savepoints", "tmp/io", "tmp/web", "rocksdb-logs"):
             (self.s.var_dir / "flink" / sub).mkdir(parents=True, exist_ok=True)
@@ -147,7 +157,7 @@ class FlinkJobManager(FlinkService):
         return self.bash_java_utils("GET_JM_RESOURCE_PARAMS")
 
     def ready(self) -> bool:
-        return requests.get(f"{self.s.flink_url}/overview", timeout=2).status_code == 200
+        return flink_tls.session(self.s).get(f"{self.s.flink_url}/overview", timeout=2).status_code == 200
 
 
 class FlinkTaskManager(FlinkService):
@@ -163,7 +173,7 @@ class FlinkTaskManager(FlinkService):
         return self.bash_java_utils("GET_TM_RESOURCE_PARAMS")
 
     def ready(self) -> bool:
-        overview = requests.get(f"{self.s.flink_url}/overview", timeout=2).json()
+        overview = flink_tls.session(self.s).get(f"{self.s.flink_url}/overview", timeout=2).json()
         return overview.get("slots-total", 0) >= self.s.flink_task_slots
 
 
@@ -182,7 +192,7 @@ class FlinkGateway(FlinkService):
         return []  # it reads FLINK_CONF_DIR
 
     def ready(self) -> bool:
-        return requests.get(f"{self.s.flink_gateway_url}/v1/info", timeout=2).status_code == 200
+        return flink_tls.session(self.s).get(f"{self.s.flink_gateway_url}/v1/info", timeout=2).status_code == 200
 
 
 def services(settings: Settings) -> list[JavaService]:

@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient
 from cryptopipe.logs import setup_logging
 from cryptopipe.run import read_status, write_status
 from cryptopipe.settings import ROOT, Settings, load_settings
+from ops import flink_tls
 from ops.ksql_deploy import split_statements, threshold_case
 from ops.services import Service
 
@@ -112,11 +113,12 @@ class Gateway:
 
     def __init__(self, settings: Settings):
         self.url = settings.flink_gateway_url
+        self.http = flink_tls.session(settings)
         self.session = self.call("POST", "/v1/sessions", json={"sessionName": settings.flink_job_name,
                                                                "properties": {}})["sessionHandle"]
 
     def call(self, method: str, path: str, **kw) -> dict:
-        resp = requests.request(method, self.url + path, timeout=60, **kw)
+        resp = self.http.request(method, self.url + path, timeout=60, **kw)
         if resp.status_code >= 400:
             raise FlinkError(root_cause(resp.text))
         return resp.json() if resp.content else {}
@@ -140,7 +142,7 @@ class Gateway:
         return [row.get("fields") for row in result.get("results", {}).get("data", [])]
 
     def close(self) -> None:
-        requests.delete(f"{self.url}/v1/sessions/{self.session}", timeout=10)
+        self.http.delete(f"{self.url}/v1/sessions/{self.session}", timeout=10)
 
 
 def root_cause(text: str) -> str:
@@ -154,7 +156,7 @@ def root_cause(text: str) -> str:
 
 
 def jobs(settings: Settings) -> list[dict]:
-    resp = requests.get(f"{settings.flink_url}/jobs/overview", timeout=10)
+    resp = flink_tls.session(settings).get(f"{settings.flink_url}/jobs/overview", timeout=10)
     resp.raise_for_status()
     return resp.json()["jobs"]
 
@@ -228,7 +230,8 @@ def ensure_running(settings: Settings, log=print) -> str:
 def cancel(settings: Settings) -> None:
     job = running_job(settings)
     if job is not None:
-        requests.patch(f"{settings.flink_url}/jobs/{job['jid']}?mode=cancel", timeout=10).raise_for_status()
+        flink_tls.session(settings).patch(f"{settings.flink_url}/jobs/{job['jid']}?mode=cancel",
+                                         timeout=10).raise_for_status()
 
 
 def table(settings: Settings) -> Table:

@@ -21,6 +21,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from ops.process import StackError
 
 FILES = ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key", "rest.keystore.p12",
@@ -61,6 +63,13 @@ class FlinkTls:
             "security.ssl.rest.truststore": str(self.dir / "rest.truststore.p12"),
             "security.ssl.rest.truststore-password": password,
         }
+
+
+def session(settings) -> requests.Session:
+    """A requests session for Flink's REST API and SQL Gateway: the client certificate, and the CA to check them."""
+    http = requests.Session()
+    http.cert, http.verify = FlinkTls(settings.flink_tls_dir).requests_args().values()
+    return http
 
 
 def ensure(tls_dir: Path, java: str) -> FlinkTls:

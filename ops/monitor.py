@@ -38,7 +38,7 @@ from cryptopipe.logs import setup_logging
 from cryptopipe.metrics import serve
 from cryptopipe.run import read_status
 from cryptopipe.settings import Settings, load_settings
-from ops import airflow, flink_deploy, functions_ctl
+from ops import airflow, flink_deploy, flink_tls, functions_ctl
 from ops.connectors import all_statuses, is_running
 from ops.db import newest_per_symbol
 from ops.kafka_admin import LagProbe, records_held
@@ -194,9 +194,10 @@ class Monitor:
         restarts = 0.0
         if job is not None:
             url = f"{self.s.flink_url}/jobs/{job['jid']}"
-            values = requests.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()
+            http = flink_tls.session(self.s)
+            values = http.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()
             restarts = float(next((v["value"] for v in values if v["id"] == "numRestarts"), 0))
-            failed = float(requests.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
+            failed = float(http.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
             # Flink counts a checkpoint it could not even trigger, once a second while a (re)started job deploys its
             # tasks, and those a restart aborts: they are the restart's (FlinkJobRestarting). And a TaskManager that
             # died is noticed only after Flink's heartbeat.timeout: until then the job looks RUNNING and its

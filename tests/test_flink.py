@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 
 from chaos.malformed import records, timestamped, trade
 from cryptopipe import schemas
-from ops import flink_deploy
+from ops import flink_deploy, flink_tls
 
 from .helpers import create_topics, delete_topics, read_topic, start_flink_job, wait_for
 
@@ -102,7 +102,7 @@ def test_a_running_job_is_found_never_started_twice(settings, stack, unique, tmp
 def test_the_keeper_starts_the_stack_job_again_from_its_checkpoint(settings, stack):
     job = flink_deploy.wait_running(settings)
     wait_for(lambda: flink_deploy.newest_checkpoint(settings) is not None, 60, "a checkpoint of the stack's job")
-    requests.patch(f"{settings.flink_url}/jobs/{job}?mode=cancel", timeout=10).raise_for_status()
+    flink_tls.session(settings).patch(f"{settings.flink_url}/jobs/{job}?mode=cancel", timeout=10).raise_for_status()
     # Nobody deploys it: the keeper (a service of the stack) finds it gone and starts it from its checkpoint.
     wait_for(lambda: (flink_deploy.running_job(settings) or {}).get("jid") not in (None, job), 60, "the job back")
     flink_deploy.wait_running(settings)
