@@ -25,6 +25,9 @@ command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanag
 command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
 command -v prometheus-postgres-exporter >/dev/null || missing+=(prometheus-postgres-exporter)
 command -v prometheus-redis-exporter >/dev/null || missing+=(prometheus-redis-exporter)
+# nginx holds Flink's client certificate and asks people for a login in front of Flink's web UI (#25); the stack
+# runs it itself, unprivileged, so its packaged service stays off too.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
 # Headless Chromium takes the Airflow UI screenshot in the tests.
 command -v chromium >/dev/null || missing+=(chromium)
 "$PYTHON" -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/dev/null || missing+=(python3 python3-venv)
