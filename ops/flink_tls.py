@@ -69,6 +69,9 @@ def session(settings) -> requests.Session:
     """A requests session for Flink's REST API and SQL Gateway: the client certificate, and the CA to check them."""
     http = requests.Session()
     http.cert, http.verify = FlinkTls(settings.flink_tls_dir).requests_args().values()
+    # A session's own `verify` loses to REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE from the environment (set on many
+    # machines, this one included), which hold the public CAs, not ours; and loopback needs no proxy from it either.
+    http.trust_env = False
     return http
 
 

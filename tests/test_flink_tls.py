@@ -8,11 +8,12 @@ import ssl
 import stat
 import subprocess
 import threading
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from ops.flink_tls import FILES, ensure
+from ops.flink_tls import FILES, ensure, session
 
 from .helpers import free_port
 
@@ -70,6 +71,10 @@ def test_only_a_client_with_the_certificate_gets_in(tls):
     url = f"https://127.0.0.1:{server.server_address[1]}/overview"
     try:
         assert requests.get(url, timeout=5, **tls.requests_args()).text == "ok"
+        # The stack's session too, where the environment names the public CAs (REQUESTS_CA_BUNDLE, as here).
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().openssl_cafile or "/etc/ssl/certs/ca-certificates.crt")
+            assert session(SimpleNamespace(flink_tls_dir=tls.dir)).get(url, timeout=5).text == "ok"
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(url, timeout=5, verify=str(tls.ca))  # no client certificate: the handshake fails
         with pytest.raises(requests.exceptions.SSLError):
