@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     flink_host: str = "127.0.0.1"
     flink_port: Port = 8081
     flink_gateway_port: Port = 8082
+    # Flink's web UI for people (ops/flink_ui.py): the people's login (monitoring_user), read-only.
+    flink_ui_port: Port = 8086
     flink_rpc_port: Port = 6123
     flink_jobmanager_memory: Heap = "1024m"
     flink_taskmanager_memory: Heap = "1600m"

@@ -59,9 +59,6 @@ def config(settings: Settings, tls: FlinkTls | None = None) -> dict[str, str]:
         "state.backend.rocksdb.log.dir": str(flink_dir / "rocksdb-logs"),
         # MBeans in the JVM only (no port: no JMX server of its own); the JMX exporter agent reads them.
         "metrics.reporter.jmx.factory.class": "org.apache.flink.metrics.jmx.JMXReporterFactory",
-        # No jar upload or run through REST: nothing of ours submits jars (the gateway submits through POST /jobs,
-        # which this does not close; the client certificate does).
-        "web.submit.enable": "false",
     } | (tls.flink_options() if tls else {})
 
 

@@ -20,6 +20,7 @@ from cryptopipe.settings import Settings, load_settings
 from ops import airflow, db, flink, kafka_security, monitoring
 from ops.connect_watchdog import ConnectWatchdog
 from ops.flink_deploy import FlinkJobKeeper
+from ops.flink_ui import FlinkUi
 from ops.kafka_admin import ensure_topics
 from ops.postgres import Postgres
 from ops.process import StackError, port_open, process_exists, wait_until
@@ -33,7 +34,7 @@ class NativeStack:
         self.s = settings
         self.services: list[Service] = [Postgres(settings), Redis(settings), Kafka(settings), Connect(settings),
                                         ConnectWatchdog(settings), *flink.services(settings), FlinkJobKeeper(settings),
-                                        *airflow.services(settings), *monitoring.services(settings)]
+                                        FlinkUi(settings), *airflow.services(settings), *monitoring.services(settings)]
 
     def service(self, name: str) -> Service:
         return next(svc for svc in self.services if svc.name == name)

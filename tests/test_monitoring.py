@@ -312,8 +312,9 @@ def test_a_stream_job_restart_counts_no_failed_checkpoint(stack, settings):
     def flink_counts() -> tuple[float, float]:
         job = flink_deploy.running_job(settings)
         url = f"{settings.flink_url}/jobs/{job['jid']}"
-        restarts = requests.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()[0]["value"]
-        return float(restarts), float(requests.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
+        http = flink_tls.session(settings)
+        restarts = http.get(f"{url}/metrics", params={"get": "numRestarts"}, timeout=5).json()[0]["value"]
+        return float(restarts), float(http.get(f"{url}/checkpoints", timeout=5).json()["counts"]["failed"])
 
     def monitor_count() -> float:
         return next(s.value for s in monitor_samples(settings) if s.name == "cryptopipe_flink_checkpoints_failed_total")

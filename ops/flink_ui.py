@@ -1,0 +1,76 @@
+"""Flink's web UI for people: Debian's nginx on FLINK_UI_PORT (127.0.0.1) asks for the people's login
+(MONITORING_USER, as Prometheus and Alertmanager do) and passes GET requests on to the JobManager's REST API over
+mutual TLS, holding the stack's client certificate (ops/flink_tls.py). A browser needs no certificate of its own.
+
+Read-only: every other method is refused, and so are the two GET routes that cancel or stop a job. nginx runs
+unprivileged, its config rendered from stack/config/flink-ui-nginx.conf.j2 into var/run/flink-ui at every start,
+with the password as a SHA-512 crypt hash in a 0600 file. Not bcrypt: nginx checks the hash on every request,
+and the UI polls a dozen of them every few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import requests
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ops.process import StackError
+from ops.services import CONFIG_DIR, Service, write_private
+
+
+def nginx_binary() -> str:
+    # /usr/sbin is not on every user's PATH.
+    path = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if path is None:
+        raise StackError("nginx not found: run `make setup` (as root it installs Debian's nginx package).")
+    return path
+
+
+def crypt_sha512(password: str) -> str:
+    # The password goes to openssl on stdin, never on a command line (which every user sees).
+    out = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n", capture_output=True,
+                         text=True, timeout=30, check=True)
+    return out.stdout.strip()
+
+
+class FlinkUi(Service):
+    name, port_var, marker = "flink-ui", "FLINK_UI_PORT", "flink-ui/nginx.conf"
+    wait_later = True
+
+    @property
+    def port(self) -> int:
+        return self.s.flink_ui_port
+
+    @property
+    def prefix(self) -> Path:
+        return self.run_dir / "flink-ui"
+
+    def preflight(self) -> None:
+        nginx_binary()
+
+    def write_config(self) -> Path:
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        self.prefix.chmod(0o700)
+        password = self.s.monitoring_password.get_secret_value()
+        write_private(self.prefix / "htpasswd", f"{self.s.monitoring_user}:{crypt_sha512(password)}\n")
+        env = Environment(loader=FileSystemLoader(CONFIG_DIR), undefined=StrictUndefined, keep_trailing_newline=True,
+                          trim_blocks=True, lstrip_blocks=True)
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(env.get_template("flink-ui-nginx.conf.j2").render(
+            user=pwd.getpwuid(os.getuid()).pw_name if os.getuid() == 0 else "", prefix=self.prefix, logs_dir=self.s.logs_dir, port=self.port, flink_host=self.s.flink_host,
+            flink_port=self.s.flink_port, tls_dir=self.s.flink_tls_dir))
+        return conf
+
+    def start(self) -> None:
+        conf = self.write_config()
+        self.spawn([nginx_binary(), "-p", str(self.prefix), "-c", str(conf), "-e", str(self.log_file)])
+
+    def ready(self) -> bool:
+        auth = (self.s.monitoring_user, self.s.monitoring_password.get_secret_value())
+        return requests.get(f"http://127.0.0.1:{self.port}/config", auth=auth, timeout=2).status_code == 200
