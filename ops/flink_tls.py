@@ -1,5 +1,6 @@
-"""Flink's REST TLS material: a private CA, the certificate the JobManager and the SQL Gateway serve (and present to
-each other as Flink's REST client), and a client certificate for everything of ours that calls them.
+"""Flink's TLS material: a private CA, the certificate the JobManager and the SQL Gateway serve (and present to
+each other as Flink's REST client, and Flink's processes to each other on their internal connections), and a
+client certificate for everything of ours that calls them.
 
 Made once under var/run/flink/tls by `make up`: openssl for the keys and certificates, the JDK's keytool for the
 truststore. Every file is 0600 in a 0700 folder, and none is committed. What Flink 2.3 needs, checked in its jars:
@@ -62,6 +63,14 @@ class FlinkTls:
             "security.ssl.rest.key-password": password,
             "security.ssl.rest.truststore": str(self.dir / "rest.truststore.p12"),
             "security.ssl.rest.truststore-password": password,
+            # Between Flink's own processes too (RPC, blobs, the data shuffle), always mutual: another account on
+            # the host could otherwise talk to the JobManager's RPC port as a TaskManager would.
+            "security.ssl.internal.enabled": "true",
+            "security.ssl.internal.keystore": str(self.dir / "rest.keystore.p12"),
+            "security.ssl.internal.keystore-password": password,
+            "security.ssl.internal.key-password": password,
+            "security.ssl.internal.truststore": str(self.dir / "rest.truststore.p12"),
+            "security.ssl.internal.truststore-password": password,
         }
 
 

@@ -5,6 +5,8 @@ stack's JobManager, gateway and nginx."""
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 import uuid
 
 import pytest
@@ -43,6 +45,13 @@ def test_without_the_certificate_every_flink_request_fails_the_handshake(stack, 
         with pytest.raises(requests.exceptions.SSLError):
             attempt()
             pytest.fail(f"{what}: answered without a client certificate")
+    # Flink's own RPC port (what a TaskManager talks to) asks for a certificate as well (internal TLS).
+    context = ssl.create_default_context(cafile=str(FlinkTls(settings.flink_tls_dir).ca))
+    context.check_hostname = False
+    with socket.create_connection((settings.flink_host, settings.flink_rpc_port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE"):
+            with context.wrap_socket(raw) as tls:
+                tls.recv(1)  # a refused certificate shows at the handshake (TLS 1.2) or at the first read (1.3)
     # Plain HTTP on the JobManager's port gets a redirect to https and nothing else.
     plain = requests.get(f"http://{settings.flink_host}:{settings.flink_port}/jobs/overview", timeout=10,
                          allow_redirects=False)
