@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Where the native stack keeps its state and logs (both gitignored).
     var_dir: Path = ROOT / "var"
     logs_dir: Path = ROOT / "logs"
+    # The Flink cluster's TLS material (ops/flink_tls.py): the cluster's, so a copy of these settings with another
+    # var_dir (a test's job) still reaches the same cluster.
+    flink_tls_dir: Path = ROOT / "var" / "tls" / "flink"
 
     # Kafka (KRaft, one node) and Kafka Connect.
     kafka_host: str = "127.0.0.1"
@@ -366,10 +369,6 @@ class Settings(BaseSettings):
     @property
     def flink_gateway_url(self) -> str:
         return f"https://{self.flink_host}:{self.flink_gateway_port}"
-
-    @property
-    def flink_tls_dir(self) -> Path:
-        return self.var_dir / "tls" / "flink"
 
     @property
     def airflow_url(self) -> str:
