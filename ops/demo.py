@@ -309,13 +309,15 @@ def summary(settings: Settings, tapes, symbols, dag_runs: dict[str, dict], conso
                   f" -> {where}")
     console.print(f"Airflow UI: {settings.airflow_url} (user {settings.airflow_admin_user}, password "
                   "AIRFLOW_ADMIN_PASSWORD in .env)")
+    console.print(f"Flink UI: http://127.0.0.1:{settings.flink_ui_port} (user {settings.monitoring_user}, password "
+                  "MONITORING_PASSWORD in .env)")
     console.print(f"Kafka Connect REST: {settings.connect_url}/connectors?expand=status (user "
                   f"{settings.connect_rest_user}, password CONNECT_REST_PASSWORD in .env)")
     console.print(f"PostgreSQL: make psql (as crypto_reader; ROLE=owner for the owner), {settings.pg_host}:"
                   f"{settings.pg_port}/{settings.pg_database}")
     console.print(f"Redis: REDISCLI_AUTH=<REDIS_READER_PASSWORD from .env> redis-cli -p {settings.redis_port} "
                   f"--user reader hgetall price:{symbols[0]}")
-    console.print("Logs: logs/source.log, logs/stream.log, logs/redis-sink.log, logs/alert-notifier.log, "
+    console.print("Logs: logs/source.log, logs/flink-taskmanager.log, logs/redis-sink.log, logs/alert-notifier.log, "
                   "logs/replay.log, logs/airflow/ (task logs)")
     console.print("[green]demo OK: the numbers agree end to end[/green]" if all_ok
                   else "[red]demo FAILED: the numbers do not agree[/red]")
