@@ -30,7 +30,7 @@ FILES = ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.k
          "rest.truststore.p12", "store.password")
 DAYS = 825  # the longest validity clients still accept for a leaf certificate
 SERVER_EXT = ("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-              "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+              "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost{names}\n")
 CLIENT_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n" \
              "extendedKeyUsage=clientAuth\n"
 
@@ -84,9 +84,10 @@ def session(settings) -> requests.Session:
     return http
 
 
-def ensure(tls_dir: Path, java: str) -> FlinkTls:
+def ensure(tls_dir: Path, java: str, names: tuple[str, ...] = ()) -> FlinkTls:
     """The TLS material under `tls_dir`, made when any file of it is missing (all of it again then: a CA without
-    its certificates, or the reverse, is of no use)."""
+    its certificates, or the reverse, is of no use). `names`: host names the server certificate carries besides
+localhost (docker-compose's service name)."""
     tls = FlinkTls(tls_dir)
     if all((tls_dir / name).exists() for name in FILES):
         return tls
@@ -101,7 +102,7 @@ def ensure(tls_dir: Path, java: str) -> FlinkTls:
     old_umask = os.umask(0o077)
     try:
         (tls_dir / "store.password").write_text(password + "\n")
-        (tls_dir / "server.ext").write_text(SERVER_EXT)
+        (tls_dir / "server.ext").write_text(SERVER_EXT.format(names="".join(f",DNS:{n}" for n in names)))
         (tls_dir / "client.ext").write_text(CLIENT_EXT)
         steps = [
             [openssl, "req", "-x509", "-newkey", "rsa:3072", "-sha256", "-days", "3650", "-nodes",

@@ -53,7 +53,8 @@ class FlinkUi(Service):
     def preflight(self) -> None:
         nginx_binary()
 
-    def write_config(self) -> Path:
+    def write_config(self, listen: str = "", error_log: str = "", access_log: str = "") -> Path:
+        """nginx.conf and the login under `prefix`; docker-compose's flink-ui passes its own address and logs."""
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         self.prefix.chmod(0o700)
@@ -63,7 +64,9 @@ class FlinkUi(Service):
                           trim_blocks=True, lstrip_blocks=True)
         conf = self.prefix / "nginx.conf"
         conf.write_text(env.get_template("flink-ui-nginx.conf.j2").render(
-            user=pwd.getpwuid(os.getuid()).pw_name if os.getuid() == 0 else "", prefix=self.prefix, logs_dir=self.s.logs_dir, port=self.port, flink_host=self.s.flink_host,
+            user=pwd.getpwuid(os.getuid()).pw_name if os.getuid() == 0 else "", prefix=self.prefix,
+            listen=listen or f"127.0.0.1:{self.port}", error_log=error_log or f"{self.s.logs_dir}/flink-ui.log",
+            access_log=access_log or f"{self.s.logs_dir}/flink-ui.access.log", flink_host=self.s.flink_host,
             flink_port=self.s.flink_port, tls_dir=self.s.flink_tls_dir))
         return conf
 

@@ -29,9 +29,9 @@ COMPOSE = ROOT / "docker-compose.yaml"
 SERVICES = {"kafka", "connect", "ksqldb-server", "ksqldb-cli", "postgres", "redis", "kafka-ui", "init",
             "airflow-init", "airflow", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
             "source", "redis-sink", "alert-notifier", "replay",
-            "flink-jobmanager", "flink-taskmanager", "flink-sql-gateway", "flink-deploy",
+            "flink-tls", "flink-jobmanager", "flink-taskmanager", "flink-sql-gateway", "flink-deploy", "flink-ui",
             "prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter", "monitor"}
-ONE_SHOT = {"init", "airflow-init"}
+ONE_SHOT = {"init", "airflow-init", "flink-tls"}
 # The functions that serve metrics (each on its <name>_metrics_port) and so are scraped.
 FUNCTIONS = ("source", "redis-sink", "alert-notifier")
 # The JVMs with the JMX exporter agent: service -> (rules in monitoring/jmx/, the setting of its port).
@@ -110,6 +110,7 @@ def published(service: dict) -> list[tuple[str, str, int]]:
         ("source", "SOURCE_METRICS_PORT", "source_metrics_port"),
         ("redis-sink", "REDIS_SINK_METRICS_PORT", "redis_sink_metrics_port"),
         ("alert-notifier", "ALERT_NOTIFIER_METRICS_PORT", "alert_notifier_metrics_port"),
+        ("flink-ui", "FLINK_UI_PORT", "flink_ui_port"),
     ],
 )
 def test_ports_match_the_native_settings(compose, service, variable, field):
@@ -234,10 +235,14 @@ NEEDS = {
     "alert-notifier": {"KAFKA_ALERT_NOTIFIER_PASSWORD", "REDIS_NOTIFIER_PASSWORD", "ALERT_WEBHOOK_URL",
                        "METRICS_PASSWORD"},
     "replay": {"REPLAY_TOKEN"},
+    # Makes Flink's TLS material; its stores' password is one it generates, in a file.
+    "flink-tls": set(),
     "flink-deploy": {"KAFKA_STREAM_PASSWORD"},
     "flink-jobmanager": {"METRICS_PASSWORD"},
     "flink-taskmanager": {"METRICS_PASSWORD"},
     "flink-sql-gateway": set(),
+    # Its login is the hash init writes into its volume.
+    "flink-ui": set(),
     "airflow-init": AIRFLOW,
     "airflow": AIRFLOW | {"AIRFLOW_ADMIN_PASSWORD"},
     "airflow-scheduler": AIRFLOW,
@@ -803,8 +808,7 @@ def test_the_jvms_start_with_the_agent(compose, service, tmp_path):
     # The service's command as its shell gets it, run here with the script from the repository; the image's own
     # start script replaced by one that shows what it would start with.
     definition = compose["services"][service]
-    command = definition["command"][-1].replace("$$", "$").replace("/etc/crypto/jmx-agent.sh",
-                                                                    str(ROOT / "docker/monitoring/jmx-agent.sh"))
+    command = local_flink_command(definition["command"][-1], tmp_path)
     start, args = re.search(r"exec (\S+)(.*)$", command).groups()
     command = command.replace(f"exec {start}", "exec env #")
     env = {"PATH": os.environ["PATH"], "METRICS_PASSWORD": JMX_PASSWORD, "JMX_RULES_DIR": str(ROOT / "monitoring/jmx"),
@@ -836,3 +840,323 @@ def test_the_jvm_images_carry_the_agent_of_the_native_pom():
     assert "metrics.reporter.jmx.factory.class: org.apache.flink.metrics.jmx.JMXReporterFactory" in (
         ROOT / "docker-compose.yaml").read_text()
 
+
+# ---- Flink: mutual TLS as natively, with the material of the flink-tls step ------------------------------------
+
+FLINK_CLUSTER = ("flink-jobmanager", "flink-taskmanager", "flink-sql-gateway")
+# Where the TLS material is in every container that reads it (FLINK_TLS_DIR), and Flink's config folder.
+FLINK_TLS_DIR = "/var/lib/crypto/tls/flink"
+FLINK_CONF = "/opt/flink/conf"
+IMAGE_CONFIG = "rest:\n  bind-address: 0.0.0.0\n"
+OPTIONS_TEXT = '\nsecurity.ssl.rest.enabled: "true"\n'
+
+
+@pytest.fixture(scope="module")
+def tls_step():
+    return load_module(ROOT / "docker/flink/tls.py")
+
+
+@pytest.fixture(scope="module")
+def ui_step():
+    return load_module(ROOT / "docker/flink/ui.py")
+
+
+@pytest.fixture(scope="module")
+def tls_made(tls_step, tmp_path_factory):
+    """What flink-tls writes: the material in a folder of the flink-tls volume, the client's copy in one of
+    flink-client-tls."""
+    if shutil.which("openssl") is None or shutil.which("keytool") is None:
+        pytest.skip("openssl and keytool (make setup) make Flink's TLS material")
+    root = tmp_path_factory.mktemp("flink-tls")
+    tls = tls_step.make(root / "tls" / "flink", root / "client-tls" / "flink", "java")
+    return SimpleNamespace(tls=tls, client=root / "client-tls" / "flink")
+
+
+def local_flink_command(command: str, tmp_path: Path) -> str:
+    """A service's shell command as its shell gets it, runnable here: the JMX agent's script from the repository, and
+    Flink's config folder and the TLS folder in tmp_path, with an image config and an options file in them."""
+    conf, tls = tmp_path / "conf", tmp_path / "tls"
+    conf.mkdir(exist_ok=True)
+    tls.mkdir(exist_ok=True)
+    (conf / "config.image.yaml").write_text(IMAGE_CONFIG)
+    (tls / "flink-ssl.yaml").write_text(OPTIONS_TEXT)
+    return (command.replace("$$", "$").replace("/etc/crypto/jmx-agent.sh", str(ROOT / "docker/monitoring/jmx-agent.sh"))
+            .replace(FLINK_CONF, str(conf)).replace(FLINK_TLS_DIR, str(tls)))
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """volume name -> mount (with `:ro` when read-only) of a service's named volumes."""
+    return {v.split(":", 1)[0]: v.split(":", 1)[1] for v in service.get("volumes", []) if not v.startswith(("./", "/"))}
+
+
+def test_the_tls_step_makes_the_native_material_naming_the_jobmanager(tls_step, tls_made):
+    from ops import flink_tls
+
+    tls = tls_made.tls
+    assert stat.S_IMODE(tls.dir.stat().st_mode) == 0o700
+    assert sorted(p.name for p in tls.dir.iterdir()) == sorted([*flink_tls.FILES, tls_step.OPTIONS_FILE])
+    for path in tls.dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    text = subprocess.run(["openssl", "x509", "-in", "server.crt", "-noout", "-text"], cwd=tls.dir,
+                          capture_output=True, text=True, check=True).stdout
+    # The native names, and the service's, which the containers reach the JobManager and the gateway by.
+    assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text and "DNS:flink-jobmanager" in text
+    check = subprocess.run(["openssl", "verify", "-CAfile", "ca.crt", "server.crt", "client.crt"], cwd=tls.dir,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    # The client's copy: the CA and the client certificate, no CA key, server key or store.
+    client = tls_made.client
+    assert stat.S_IMODE(client.stat().st_mode) == 0o700
+    assert sorted(p.name for p in client.iterdir()) == sorted(tls_step.CLIENT_FILES)
+    for name in tls_step.CLIENT_FILES:
+        assert (client / name).read_bytes() == (tls.dir / name).read_bytes()
+        assert stat.S_IMODE((client / name).stat().st_mode) == 0o600, name
+
+
+def test_the_options_file_holds_the_native_options_with_stores_on_the_volume(tls_step, tls_made):
+    tls = tls_made.tls
+    options = yaml.safe_load((tls.dir / tls_step.OPTIONS_FILE).read_text())
+    assert options == tls.flink_options()  # every value a string, as natively
+    for scope in ("rest", "internal"):
+        assert options[f"security.ssl.{scope}.enabled"] == "true"
+        assert options[f"security.ssl.{scope}.keystore"] == str(tls.dir / "rest.keystore.p12")
+        assert options[f"security.ssl.{scope}.truststore"] == str(tls.dir / "rest.truststore.p12")
+    assert options["security.ssl.rest.authentication-enabled"] == "true"
+    # The file other files are appended to starts on a line of its own.
+    assert (tls.dir / tls_step.OPTIONS_FILE).read_text().startswith("\n")
+
+
+def test_the_tls_step_hands_the_material_to_its_readers(compose, tls_step, tls_made, monkeypatch):
+    step = compose["services"]["flink-tls"]
+    assert step["build"] == {"context": ".", "dockerfile": "docker/python/Dockerfile", "target": "flink-tls"}
+    assert step["profiles"] == ["flink"] and step["user"] == "0:0" and step["restart"] == "no"
+    assert step["environment"]["FLINK_TLS_DIR"] == FLINK_TLS_DIR
+    python, script, client_dir = step["command"]
+    assert (python, script) == ("python", "docker/flink/tls.py")
+    # Both folders on their volumes, which only it writes.
+    assert mounts(step) == {"flink-tls": str(Path(FLINK_TLS_DIR).parent),
+                            "flink-client-tls": str(Path(client_dir).parent)}
+    # Run as in the container (the material exists: it is kept), owners recorded instead of set.
+    owners = {}
+    monkeypatch.setattr(os, "chown", lambda path, uid, gid: owners.__setitem__(Path(path), (uid, gid)))
+    monkeypatch.setattr(tls_step, "load_settings", lambda: SimpleNamespace(flink_tls_dir=tls_made.tls.dir,
+                                                                           java="java"))
+    assert tls_step.main(["tls.py", str(tls_made.client)]) == 0
+    flink, nobody = (tls_step.FLINK_UID,) * 2, (tls_step.NOBODY_UID,) * 2
+    assert owners == {**{p: flink for p in (tls_made.tls.dir, *tls_made.tls.dir.iterdir())},
+                      **{p: nobody for p in (tls_made.client, *tls_made.client.iterdir())}}
+    assert tls_step.main(["tls.py"]) == 2
+    # Those are the accounts that read them: Flink's image's user, as flink-deploy runs, and nobody.
+    assert compose["services"]["flink-deploy"]["user"] == f"{tls_step.FLINK_UID}:{tls_step.FLINK_UID}"
+    assert compose["services"]["flink-ui"]["user"] == f"{tls_step.NOBODY_UID}:{tls_step.NOBODY_UID}"
+
+
+def test_only_the_tls_stage_of_the_python_image_has_java():
+    dockerfile = (ROOT / "docker/python/Dockerfile").read_text()
+    stages = re.findall(r"^FROM (.+)$", dockerfile, flags=re.M)
+    # The default (last) stage is the plain image every other Python service runs.
+    assert stages == ["python:3.11-slim-bookworm AS pipeline", "pipeline AS flink-tls", "pipeline"]
+    tls_stage = dockerfile.split("FROM pipeline AS flink-tls")[1].split("\nFROM ")[0]
+    assert "openjdk-17-jre-headless" in tls_stage and "openjdk" not in dockerfile.split("FROM pipeline AS flink-tls")[0]
+    assert "COPY docker/flink/tls.py docker/flink/ui.py docker/flink/" in dockerfile
+
+
+@pytest.mark.parametrize("service", FLINK_CLUSTER)
+def test_the_flink_cluster_starts_with_the_tls_options_from_the_volume(compose, service, tmp_path):
+    definition = compose["services"][service]
+    assert mounts(definition)["flink-tls"] == f"{Path(FLINK_TLS_DIR).parent}:ro"
+    assert definition["depends_on"]["flink-tls"]["condition"] == "service_completed_successfully"
+    # Run here: config.yaml is the image's, then the options file, before the image's entrypoint adds
+    # FLINK_PROPERTIES to it.
+    command = local_flink_command(definition["command"][-1], tmp_path)
+    assert definition["command"][:2] == ["bash", "-c"]
+    assert f"cat {FLINK_CONF}/config.image.yaml {FLINK_TLS_DIR}/flink-ssl.yaml > {FLINK_CONF}/config.yaml" in \
+        definition["command"][-1]
+    assert command.count("exec /docker-entrypoint.sh ") == 1
+    env = {"PATH": os.environ["PATH"], "METRICS_PASSWORD": JMX_PASSWORD, "JMX_RULES_DIR": str(ROOT / "monitoring/jmx"),
+           "JMX_CONFIG_DIR": str(tmp_path), "FLINK_PROPERTIES": "parallelism.default: 1\n"}
+    subprocess.run(["bash", "-c", command.replace("exec /docker-entrypoint.sh ", "exec true ")], env=env,
+                   check=True)
+    assert (tmp_path / "conf/config.yaml").read_text() == IMAGE_CONFIG + OPTIONS_TEXT
+    # No TLS option, password included, goes through the compose file: FLINK_PROPERTIES reaches Flink's config as
+    # -D arguments of a command line.
+    assert "security.ssl" not in json.dumps(definition) and "-password" not in json.dumps(definition)
+
+
+def test_the_flink_image_starts_from_its_own_config_kept_owner_only():
+    dockerfile = (ROOT / "docker/flink/Dockerfile").read_text().replace("\\\n", " ")
+    assert f"cp -p {FLINK_CONF}/config.yaml {FLINK_CONF}/config.image.yaml" in dockerfile
+    assert f"chmod 600 {FLINK_CONF}/config.yaml" in dockerfile
+    assert re.findall(r"^USER (\w+)", dockerfile, flags=re.M)[-1] == "flink"
+
+
+def test_the_gateway_calls_the_jobmanager_by_a_name_its_certificate_carries(compose):
+    from ops import flink_tls
+
+    command = compose["services"]["flink-sql-gateway"]["command"][-1]
+    assert "-Drest.address=localhost -Drest.port=8081" in command
+    assert "DNS:localhost" in flink_tls.SERVER_EXT
+
+
+def test_flink_runs_read_only_and_upload_free_as_natively(compose):
+    from ops.flink import read_flat_yaml
+
+    native = read_flat_yaml(ROOT / "stack/config/flink.yaml")
+    ours = read_flat_yaml_text(compose["x-flink"]["environment"]["FLINK_PROPERTIES"])
+    for key in ("web.submit.enable", "web.cancel.enable"):
+        assert ours[key] == native[key] == "false", key
+
+
+def read_flat_yaml_text(text: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+
+
+FLINK_URL = re.compile(r"(\w+)://([\w.-]+):(8081|8082)\b")
+
+
+def strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_flink_client_in_compose_speaks_plain_http(compose):
+    calls = 0
+    for name, service in compose["services"].items():
+        for part in ("healthcheck", "command", "entrypoint", "environment"):
+            for text in strings(service.get(part)):
+                for scheme, _, _ in FLINK_URL.findall(text):
+                    assert scheme == "https", (name, text)
+                    calls += 1
+                    # Curl with the client certificate and the CA, from the TLS folder the service mounts.
+                    for flag, file in (("--cacert", "ca.crt"), ("--cert", "client.crt"), ("--key", "client.key")):
+                        assert f"{flag} {FLINK_TLS_DIR}/{file}" in text, (name, flag)
+                    assert mounts(service)["flink-tls"] == f"{Path(FLINK_TLS_DIR).parent}:ro", name
+    assert calls == 3  # the healthchecks of the JobManager, the TaskManager and the gateway
+
+
+def test_the_python_clients_of_flink_hold_the_client_certificate(compose):
+    # Each reaches Flink by the settings (FLINK_HOST: https, ops.flink_tls.session) with the client certificate on a
+    # volume whose files its own account owns: Flink's for flink-deploy, nobody's (the image's) for the monitor.
+    volumes = {"flink-deploy": "flink-tls", "monitor": "flink-client-tls"}
+    clients = {name for name, s in compose["services"].items() if "FLINK_HOST" in (s.get("environment") or {})}
+    assert clients == set(volumes)
+    for name, volume in volumes.items():
+        env = compose["services"][name]["environment"]
+        assert env["FLINK_HOST"] == "flink-jobmanager" and env["FLINK_TLS_DIR"] == FLINK_TLS_DIR, name
+        assert mounts(compose["services"][name])[volume] == f"{Path(FLINK_TLS_DIR).parent}:ro", name
+    assert "user" not in compose["services"]["monitor"]  # the Python image's, nobody
+    # Who mounts which: the CA's key and the stores only where Flink's account runs.
+    holders = {v: {n for n, s in compose["services"].items() if v in mounts(s)}
+               for v in ("flink-tls", "flink-client-tls", "flink-ui")}
+    assert holders == {"flink-tls": {"flink-tls", *FLINK_CLUSTER, "flink-deploy"},
+                       "flink-client-tls": {"flink-tls", "monitor", "flink-ui"},
+                       "flink-ui": {"init", "flink-ui"}}
+
+
+# ---- flink-ui: the native nginx front door, rendered by init ---------------------------------------------------
+
+@pytest.fixture()
+def ui_rendered(ui_step, tmp_path, monkeypatch):
+    """init's flink-ui files (as nobody, init's user), with the client certificate at tls_dir."""
+    from ops import flink_ui
+
+    # As root (which runs these tests on some machines) ops.flink_ui would name root as nginx's user; init is nobody.
+    monkeypatch.setattr(flink_ui.os, "getuid", lambda: 65534)
+    settings = monitoring_settings()
+
+    def render(tls_dir: Path = ui_step.TLS_DIR) -> Path:
+        return ui_step.render(settings, tmp_path / "var", tls_dir)
+
+    return SimpleNamespace(render=render, settings=settings, prefix=tmp_path / "var/run/flink-ui")
+
+
+def test_flink_ui_renders_the_native_template_with_three_lines_changed(ui_step, ui_rendered):
+    from ops.flink_ui import FlinkUi
+
+    ui = FlinkUi(ui_step.compose_settings(ui_rendered.settings, ui_rendered.prefix.parent.parent, ui_step.TLS_DIR))
+    native = ui.write_config().read_text().splitlines()
+    ours = ui_rendered.render().read_text().splitlines()
+    differ = [(a.strip(), b.strip()) for a, b in zip(native, ours) if a != b]
+    logs = ui.s.logs_dir
+    assert len(native) == len(ours) and sorted(differ) == sorted([
+        (f"listen 127.0.0.1:{ui.port};", f"listen {ui.port};"),
+        (f"error_log {logs}/flink-ui.log warn;", "error_log stderr warn;"),
+        (f"access_log {logs}/flink-ui.access.log;", "access_log /dev/stdout;")])
+
+
+def test_flink_ui_config_is_get_only_through_the_client_certificate(compose, ui_step, ui_rendered):
+    text = ui_rendered.render().read_text()
+    port = Settings.model_fields["flink_ui_port"].default
+    [(_, _, container)] = published(compose["services"]["flink-ui"])
+    assert re.findall(r"^\s*listen (\S+);", text, flags=re.M) == [str(port)] and container == port
+    assert re.search(r"limit_except GET \{\s*deny all;\s*\}", text)
+    assert re.search(r"location ~ /yarn-\(cancel\|stop\) \{\s*return 403;\s*\}", text)
+    assert "proxy_pass https://flink-jobmanager:8081;" in text and "proxy_ssl_verify on;" in text
+    tls = ui_step.TLS_DIR
+    for directive, file in (("proxy_ssl_certificate", "client.crt"), ("proxy_ssl_certificate_key", "client.key"),
+                            ("proxy_ssl_trusted_certificate", "ca.crt")):
+        assert f"{directive} {tls}/{file};" in text, directive
+    # nobody runs it all (no `user`), logging to the container's output; its login from the file init wrote.
+    assert not re.search(r"^\s*user ", text, flags=re.M) and "127.0.0.1" not in text
+    assert "error_log stderr warn;" in text and "access_log /dev/stdout;" in text
+    assert f"auth_basic_user_file {ui_rendered.prefix}/htpasswd;" in text
+
+
+def test_flink_ui_login_is_a_crypt_hash_init_writes_owner_only(ui_rendered):
+    ui_rendered.render()
+    prefix = ui_rendered.prefix
+    [line] = (prefix / "htpasswd").read_text().splitlines()
+    user, digest = line.split(":", 1)
+    assert user == ui_rendered.settings.monitoring_user and digest.startswith("$6$")
+    salt = digest.split("$")[2]
+    again = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=PEOPLE_PASSWORD + "\n",
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert again == digest
+    assert stat.S_IMODE((prefix / "htpasswd").stat().st_mode) == 0o600
+    assert stat.S_IMODE(prefix.stat().st_mode) == 0o700
+    assert PEOPLE_PASSWORD not in (prefix / "nginx.conf").read_text()
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                    reason="nginx (make setup) not installed")
+def test_flink_ui_config_passes_nginx_t(ui_rendered, tls_made):
+    from .helpers import free_port
+
+    conf = ui_rendered.render(tls_made.client)
+    # The JobManager's name resolves only on the compose network, and the port here is any free one.
+    text = conf.read_text().replace("flink-jobmanager", "127.0.0.1")
+    conf.write_text(re.sub(r"listen \d+;", f"listen 127.0.0.1:{free_port()};", text))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    argv = [nginx, "-t", "-q", "-p", str(ui_rendered.prefix), "-c", str(conf), "-e", "stderr"]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # The oracle can fail: a method nginx does not know.
+    conf.write_text(conf.read_text().replace("limit_except GET", "limit_except FETCH"))
+    assert subprocess.run(argv, capture_output=True).returncode != 0
+
+
+def test_the_flink_ui_service(compose, ui_step):
+    service = compose["services"]["flink-ui"]
+    assert re.fullmatch(r"\$\{FLINK_UI_IMAGE:-nginx:\d+\.\d+\.\d+-alpine\}", service["image"])
+    assert service["profiles"] == ["flink"]
+    prefix = str(ui_step.PREFIX)
+    assert service["command"] == ["nginx", "-p", prefix, "-c", f"{prefix}/nginx.conf", "-e", "stderr"]
+    # Its volume read-write (its pid and temporary files go there too), the client certificate read-only.
+    assert mounts(service) == {"flink-ui": prefix, "flink-client-tls": f"{ui_step.TLS_DIR.parent}:ro"}
+    assert {dep: c["condition"] for dep, c in service["depends_on"].items()} == {
+        "init": "service_completed_successfully", "flink-tls": "service_completed_successfully",
+        "flink-jobmanager": "service_healthy"}
+    # Up is a 401 without the login, on the port it listens on.
+    [(_, _, container)] = published(service)
+    assert f"http://127.0.0.1:{container}/" in service["healthcheck"]["test"][1] and "401" in \
+        service["healthcheck"]["test"][1]
+    # init writes its files where it reads them, before anything else starts.
+    init = compose["services"]["init"]
+    assert mounts(init)["flink-ui"] == prefix
+    assert init["command"][-1].index("python docker/flink/ui.py") < init["command"][-1].index("ops.stack prepare")
+    assert "MONITORING_PASSWORD" in init["environment"]
+    dockerfile = (ROOT / "docker/python/Dockerfile").read_text().replace("\\\n", " ")
+    assert re.search(rf"chown nobody [^\n]*{prefix}\b", dockerfile)

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chaos.faults import worker_of
 from cryptopipe.run import read_status
 from cryptopipe.settings import ROOT
-from ops import flink_deploy
+from ops import flink_deploy, flink_tls
 from ops.monitor import CHECKPOINT_CONFIRM_S, DeadLetterCounter
 from ops.monitoring import people_login, scrape_login
 
