@@ -53,25 +53,17 @@ class FlinkTls:
         return {"cert": tuple(str(p) for p in self.client), "verify": str(self.ca)}
 
     def flink_options(self) -> dict[str, str]:
-        """The security.ssl.rest.* options of Flink's config.yaml (the file holding them is 0600)."""
+        """The security.ssl.* options of Flink's config.yaml (the file holding them is 0600): mutual TLS on the REST
+        endpoints, and between Flink's own processes (RPC, blobs, the data shuffle; always mutual there), so another
+        account on the host cannot talk to the JobManager's RPC port as a TaskManager would either."""
         password = (self.dir / "store.password").read_text().strip()
-        return {
-            "security.ssl.rest.enabled": "true",
-            "security.ssl.rest.authentication-enabled": "true",
-            "security.ssl.rest.keystore": str(self.dir / "rest.keystore.p12"),
-            "security.ssl.rest.keystore-password": password,
-            "security.ssl.rest.key-password": password,
-            "security.ssl.rest.truststore": str(self.dir / "rest.truststore.p12"),
-            "security.ssl.rest.truststore-password": password,
-            # Between Flink's own processes too (RPC, blobs, the data shuffle), always mutual: another account on
-            # the host could otherwise talk to the JobManager's RPC port as a TaskManager would.
-            "security.ssl.internal.enabled": "true",
-            "security.ssl.internal.keystore": str(self.dir / "rest.keystore.p12"),
-            "security.ssl.internal.keystore-password": password,
-            "security.ssl.internal.key-password": password,
-            "security.ssl.internal.truststore": str(self.dir / "rest.truststore.p12"),
-            "security.ssl.internal.truststore-password": password,
-        }
+        stores = {"keystore": str(self.dir / "rest.keystore.p12"), "keystore-password": password,
+                  "key-password": password, "truststore": str(self.dir / "rest.truststore.p12"),
+                  "truststore-password": password}
+        return {"security.ssl.rest.enabled": "true", "security.ssl.rest.authentication-enabled": "true",
+                **{f"security.ssl.rest.{k}": v for k, v in stores.items()},
+                "security.ssl.internal.enabled": "true",
+                **{f"security.ssl.internal.{k}": v for k, v in stores.items()}}
 
 
 def session(settings) -> requests.Session:
