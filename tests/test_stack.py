@@ -21,26 +21,20 @@ from ops.stack import NativeStack
 from .helpers import SECRETS, free_port, wait_for
 
 
-MONITORING_PORTS = ("prometheus_port", "alertmanager_port", "node_exporter_port", "postgres_exporter_port",
-                    "redis_exporter_port", "monitor_port", "kafka_metrics_port", "connect_metrics_port",
-                    "flink_jobmanager_metrics_port", "flink_taskmanager_metrics_port")
+# Every port setting, so a scratch stack never collides with the running one, whichever service comes next.
+PORTS = tuple(name for name in Settings.model_fields if name.endswith("_port"))
 
 
 def scratch_settings(tmp_path, **overrides) -> Settings:
     """Settings for a second, never-started stack: its own folders and free ports."""
-    values = dict(
-        var_dir=tmp_path / "var", logs_dir=tmp_path / "logs", pg_port=free_port(), redis_port=free_port(),
-        kafka_port=free_port(), kafka_controller_port=free_port(), connect_port=free_port(), airflow_port=free_port(),
-        flink_port=free_port(), flink_gateway_port=free_port(), flink_rpc_port=free_port(),
-        **{name: free_port() for name in MONITORING_PORTS}, **SECRETS,
-    )
+    values = dict(var_dir=tmp_path / "var", logs_dir=tmp_path / "logs", **{name: free_port() for name in PORTS},
+                  **SECRETS)
     return Settings(_env_file=None, **(values | overrides))
 
 
 def scratch_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    for field in ("var_dir", "logs_dir", "pg_port", "redis_port", "kafka_port", "kafka_controller_port", "connect_port",
-                  "airflow_port", "flink_port", "flink_gateway_port", "flink_rpc_port", *MONITORING_PORTS):
+    for field in ("var_dir", "logs_dir", *PORTS):
         env[field.upper()] = str(getattr(settings, field))
     return env
 
