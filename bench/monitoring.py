@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import requests
-
 from bench.common import record
 from cryptopipe.settings import get_settings
-from ops.monitoring import people_login
+from ops.monitoring import prometheus_api
 from ops.process import tree_rss_mb
 from ops.stack import NativeStack
 
@@ -17,10 +15,7 @@ def run() -> None:
     pid = NativeStack(settings).service("prometheus").pid()
     if pid is None:
         raise SystemExit("Prometheus is not running: make up starts it")
-    answer = requests.get(f"http://127.0.0.1:{settings.prometheus_port}/api/v1/query", auth=people_login(settings),
-                          params={"query": "max(max_over_time(scrape_duration_seconds[15m]))"}, timeout=10)
-    answer.raise_for_status()
-    result = answer.json()["data"]["result"]
+    result = prometheus_api(settings, "query", {"query": "max(max_over_time(scrape_duration_seconds[15m]))"})["result"]
     slowest = float(result[0]["value"][1]) if result else None
     record(prometheus_memory_mb=round(tree_rss_mb(pid), 1),
            scrape_duration_s_max=round(slowest, 4) if slowest is not None else None)

@@ -9,17 +9,14 @@ between scrapes (a Kafka read at each scrape would cost more than it saves), one
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
 import requests
-import yaml
 
-from cryptopipe.settings import ROOT, Settings
-from ops.monitoring import people_login
+from cryptopipe.settings import Settings
+from ops.monitoring import alert_holds, prometheus_api
 
-RULES = ROOT / "monitoring" / "rules"
 POLL_S = 2.0
 
 
@@ -34,17 +31,6 @@ def expected_alert(kind: str, target: str) -> tuple[str, dict[str, str]]:
     return "DeadLetterTopicGrowing", {}  # malformed records: any dead-letter topic they reach
 
 
-def rule_for_s(name: str) -> float:
-    """The `for:` of an alerting rule in monitoring/rules, in seconds."""
-    for path in sorted(RULES.glob("*.rules.yml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                if rule.get("alert") == name:
-                    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[unit]
-                               for n, unit in re.findall(r"(\d+(?:\.\d+)?)([smh])", str(rule.get("for", "0s"))))
-    raise LookupError(f"no alerting rule {name} in {RULES}")
-
-
 # Alerts on parts the monitor reads between scrapes rather than at them (ops/monitor.py: Monitor.LIVE).
 READ_BETWEEN_SCRAPES = {"DeadLetterTopicGrowing"}
 
@@ -54,8 +40,9 @@ class AlertWatch:
     in epoch seconds (resolved_at None while firing)."""
 
     def __init__(self, settings: Settings, log):
-        self.url = f"http://127.0.0.1:{settings.prometheus_port}/api/v1/alerts"
-        self.login = people_login(settings)
+        self.settings = settings
+        # The rules' `for:` as the running Prometheus loaded them, read once.
+        self.holds = alert_holds(settings)
         self.interval_s = settings.scrape_interval_s
         self.log = log
         self.spells: dict[tuple[str, frozenset], list[list]] = {}
@@ -68,9 +55,7 @@ class AlertWatch:
     def watch(self) -> None:
         while not self.stopping.wait(POLL_S):
             try:
-                answer = requests.get(self.url, auth=self.login, timeout=5)
-                answer.raise_for_status()
-                alerts = answer.json()["data"]["alerts"]
+                alerts = prometheus_api(self.settings, "alerts", timeout=5)["alerts"]
             except (requests.RequestException, ValueError, KeyError) as err:
                 self.failures += 1
                 if self.failures in (1, 10, 100):
@@ -95,7 +80,7 @@ class AlertWatch:
         (one firing already then counts: it covers this fault too, and is marked so)."""
         name, labels = expected_alert(kind, target)
         read_between_scrapes = name in READ_BETWEEN_SCRAPES
-        limit = rule_for_s(name) + (3 if read_between_scrapes else 2) * self.interval_s + POLL_S
+        limit = self.holds[name] + (3 if read_between_scrapes else 2) * self.interval_s + POLL_S
         with self.lock:
             spells = [(fired, resolved) for key, spells in self.spells.items()
                       if key[0] == name and all(dict(key[1]).get(k) == v for k, v in labels.items())

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import psycopg2
 import redis
-import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -30,7 +29,7 @@ from cryptopipe.settings import ROOT, Settings, load_settings
 from ops import connectors, flink_deploy, functions_ctl, ksql_deploy, supervise
 from ops.airflow import AirflowClient
 from ops.kafka_admin import consumer_lag
-from ops.monitoring import people_login
+from ops.monitoring import alert_holds, prometheus_api
 from ops.process import port_open
 from replay.tape import load_tapes
 
@@ -108,22 +107,14 @@ def scheduler_runs(settings: Settings, started: datetime) -> dict[str, list[str]
     return out
 
 
-def prometheus_get(settings: Settings, path: str) -> dict:
-    answer = requests.get(f"http://127.0.0.1:{settings.prometheus_port}/api/v1/{path}", auth=people_login(settings),
-                          timeout=10)
-    answer.raise_for_status()
-    return answer.json()["data"]
-
-
 def settled_alerts(settings: Settings, started: datetime, console: Console) -> list[dict]:
     """Prometheus' alerts once none that became active during the demo is still pending: a pending alert (its
     condition true, its `for:` not over yet) either fires or clears, and only then is known to be an alarm or not.
     Waits at most until each one's `for:` is over, plus two evaluations."""
-    holds = {rule["name"]: rule.get("duration", 0) for group in prometheus_get(settings, "rules?type=alert")["groups"]
-             for rule in group["rules"]}
+    holds = alert_holds(settings)
     told = set()
     while True:
-        alerts = prometheus_get(settings, "alerts")["alerts"]
+        alerts = prometheus_api(settings, "alerts")["alerts"]
         pending = [a for a in alerts if a["state"] == "pending" and datetime.fromisoformat(a["activeAt"]) >= started]
         due = max((datetime.fromisoformat(a["activeAt"]).timestamp() + holds.get(a["labels"]["alertname"], 0)
                    + 2 * settings.scrape_interval_s for a in pending), default=0)

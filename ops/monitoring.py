@@ -72,6 +72,20 @@ def people_login(settings: Settings) -> tuple[str, str]:
     return settings.monitoring_user, settings.monitoring_password.get_secret_value()
 
 
+def prometheus_api(settings: Settings, path: str, params: dict | None = None, timeout: float = 10) -> dict:
+    """The `data` of Prometheus' HTTP API answer for `path` (e.g. "alerts", "rules", "query"), as people log in."""
+    answer = requests.get(f"http://127.0.0.1:{settings.prometheus_port}/api/v1/{path}", params=params,
+                          auth=people_login(settings), timeout=timeout)
+    answer.raise_for_status()
+    return answer.json()["data"]
+
+
+def alert_holds(settings: Settings) -> dict[str, float]:
+    """{alert name: its rule's `for:` in seconds}, as the running Prometheus loaded the rules."""
+    return {rule["name"]: float(rule.get("duration", 0))
+            for group in prometheus_api(settings, "rules", {"type": "alert"})["groups"] for rule in group["rules"]}
+
+
 def debian_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
