@@ -1,7 +1,7 @@
 -- Per symbol: the newest trade and the newest candle in PostgreSQL, event time in epoch seconds (make status,
 -- ops.monitor every scrape): the symbols in %(include)s whatever their age (the ones the source follows: one gone
--- stale is the news), then the %(limit)s freshest others. A GROUP BY would read every trade; this skips from symbol to symbol
--- along the primary key and reads one index entry per symbol and table.
+-- stale is the news), then the %(limit)s freshest others. A GROUP BY would read every trade; this skips from
+-- symbol to symbol along the primary key and reads one index entry per symbol and table.
 WITH RECURSIVE symbols AS (
     (SELECT symbol FROM trades ORDER BY symbol LIMIT 1)
     UNION ALL

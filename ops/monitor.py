@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import threading
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -262,12 +262,17 @@ class Monitor:
             failed.add_metric([dag["dag_id"]], float(tasks["total_entries"]))
         out += [runs, failed]
 
-    # Read at each scrape, not between them: a service down or restarted is in the very next scrape, so its alert
-    # comes a `for:` plus a scrape and an evaluation after the fault (~0.2 s of reading; the other parts take longer).
+    # What it reads, in this order. LIVE parts are read at each scrape, not between them: a service down or
+    # restarted is in the very next scrape, so its alert comes a `for:` plus a scrape and an evaluation after the
+    # fault (~0.2 s of reading; the other parts take longer).
+    PARTS = ("services", "lag", "dead_letters", "connectors", "flink", "freshness", "airflow")
     LIVE = ("services",)
 
     def read_part(self, part: str) -> list | None:
-        """The part's metric families, or None when it could not be read (logged, and its failure shown)."""
+        """The part's metric families, or None when it could not be read (logged, and its failure shown).
+
+        Runs on two threads: the scrape's (LIVE parts) and the loop's (the others). Each part writes only its own
+        keys of read_ok and failing_since, and its own attributes, so they never write the same thing."""
         out: list = []
         started = time.monotonic()
         try:
@@ -290,7 +295,7 @@ class Monitor:
         return out
 
     def read(self) -> None:
-        for part in ("lag", "dead_letters", "connectors", "flink", "freshness", "airflow"):
+        for part in (p for p in self.PARTS if p not in self.LIVE):
             out = self.read_part(part)
             if out is None:
                 self.reading.parts.pop(part, None)
