@@ -519,6 +519,13 @@ def render():
     return load_module(ROOT / "docker/monitoring/render.py")
 
 
+def test_render_takes_no_option_for_its_folder(render, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv in (["render.py", "--help"], ["render.py", "-h"], ["render.py"]):
+        assert render.main(argv) == 2
+    assert list(tmp_path.iterdir()) == []  # nothing written, no folder named --help
+
+
 def monitoring_settings(**values) -> Settings:
     """The settings init loads: every secret withheld but the monitoring ones."""
     secrets = {name.lower(): "withheld-from-this-container" for name in REQUIRED}

@@ -111,7 +111,8 @@ def render_all(s: Settings, root: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    # Anything else (`--help`, a typo) would otherwise be taken for the folder and written into.
+    if len(argv) != 2 or argv[1].startswith("-"):
         print(f"usage: python {argv[0]} <folder>", file=sys.stderr)
         return 2
     render_all(load_settings(), Path(argv[1]))
