@@ -16,11 +16,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import requests
-
 from cryptopipe.settings import Settings
 from ops import flink_tls
-from ops.flink_tls import FlinkTls
 from ops.process import StackError
 from ops.services import CONFIG_DIR, LIB_DIR, JavaService
 
@@ -37,7 +34,7 @@ JAVA_17_OPENS = [
 ]
 
 
-def config(settings: Settings, tls: FlinkTls | None = None) -> dict[str, str]:
+def config(settings: Settings, tls: flink_tls.FlinkTls | None = None) -> dict[str, str]:
     """stack/config/flink.yaml with the addresses, ports, memory and folders of these settings, and `tls`'s REST
     options (mutual TLS on the JobManager's REST API and the SQL Gateway, which reads the same options)."""
     host, flink_dir = settings.flink_host, settings.var_dir / "flink"

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 from pathlib import Path
 
-import requests
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ops.process import StackError
-from ops.services import CONFIG_DIR, Service, write_private
-
-
-def nginx_binary() -> str:
-    # /usr/sbin is not on every user's PATH.
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if path is None:
-        raise StackError("nginx not found: run `make setup` (as root it installs Debian's nginx package).")
-    return path
+from ops.monitoring import MonitoringService, debian_binary, people_login
+from ops.services import CONFIG_DIR, write_private
 
 
 def crypt_sha512(password: str) -> str:
@@ -38,9 +28,9 @@ def crypt_sha512(password: str) -> str:
     return out.stdout.strip()
 
 
-class FlinkUi(Service):
-    name, port_var, marker = "flink-ui", "FLINK_UI_PORT", "flink-ui/nginx.conf"
-    wait_later = True
+class FlinkUi(MonitoringService):
+    name, port_var, marker, binary = "flink-ui", "FLINK_UI_PORT", "flink-ui/nginx.conf", "nginx"
+    probe = "/config"
 
     @property
     def port(self) -> int:
@@ -50,16 +40,16 @@ class FlinkUi(Service):
     def prefix(self) -> Path:
         return self.run_dir / "flink-ui"
 
-    def preflight(self) -> None:
-        nginx_binary()
+    def login(self) -> tuple[str, str]:
+        return people_login(self.s)
 
     def write_config(self, listen: str = "", error_log: str = "", access_log: str = "") -> Path:
         """nginx.conf and the login under `prefix`; docker-compose's flink-ui passes its own address and logs."""
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         self.prefix.chmod(0o700)
-        password = self.s.monitoring_password.get_secret_value()
-        write_private(self.prefix / "htpasswd", f"{self.s.monitoring_user}:{crypt_sha512(password)}\n")
+        user, password = people_login(self.s)
+        write_private(self.prefix / "htpasswd", f"{user}:{crypt_sha512(password)}\n")
         env = Environment(loader=FileSystemLoader(CONFIG_DIR), undefined=StrictUndefined, keep_trailing_newline=True,
                           trim_blocks=True, lstrip_blocks=True)
         conf = self.prefix / "nginx.conf"
@@ -72,8 +62,4 @@ class FlinkUi(Service):
 
     def start(self) -> None:
         conf = self.write_config()
-        self.spawn([nginx_binary(), "-p", str(self.prefix), "-c", str(conf), "-e", str(self.log_file)])
-
-    def ready(self) -> bool:
-        auth = (self.s.monitoring_user, self.s.monitoring_password.get_secret_value())
-        return requests.get(f"http://127.0.0.1:{self.port}/config", auth=auth, timeout=2).status_code == 200
+        self.spawn([debian_binary(self.binary), "-p", str(self.prefix), "-c", str(conf), "-e", str(self.log_file)])

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import math
+import signal
 import threading
 import time
 from collections import deque

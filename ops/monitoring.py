@@ -87,7 +87,8 @@ def alert_holds(settings: Settings) -> dict[str, float]:
 
 
 def debian_binary(name: str) -> str:
-    path = shutil.which(name)
+    # Daemons such as nginx install into /usr/sbin, which is not on every user's PATH.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin")
     if path is None:
         raise StackError(f"{name} not found: run `make setup` (as root it installs Debian's {name} package).")
     return path
