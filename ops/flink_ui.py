@@ -48,7 +48,7 @@ class FlinkUi(MonitoringService):
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         self.prefix.chmod(0o700)
-        user, password = people_login(self.s)
+        user, password = self.login()
         write_private(self.prefix / "htpasswd", f"{user}:{crypt_sha512(password)}\n")
         env = Environment(loader=FileSystemLoader(CONFIG_DIR), undefined=StrictUndefined, keep_trailing_newline=True,
                           trim_blocks=True, lstrip_blocks=True)

@@ -68,7 +68,7 @@ def metrics_password_file(settings: Settings) -> Path:
 
 
 def people_login(settings: Settings) -> tuple[str, str]:
-    """requests' `auth` for Prometheus and Alertmanager."""
+    """The people's login (requests' `auth`) for Prometheus, Alertmanager and the Flink UI's front door."""
     return settings.monitoring_user, settings.monitoring_password.get_secret_value()
 
 
